@@ -1,0 +1,54 @@
+# Every target creates and uses .venv in the repository root and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# These two lie on this offline machine's disk; other pins download several GB.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DATA ?= ../shared/data
+DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
+OUT ?= out
+
+.PHONY: help install system-deps weights models train demo test lint clean
+
+help:
+	@echo "make demo     run the edge service on the demo video with the shipped model"
+	@echo "make test     run the test suite"
+	@echo "make train    train the default classifier (see README: model card)"
+	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
+	@echo "make models   provision the face-detector files (checked by sha256)"
+
+# GStreamer and the headers PyGObject builds against (Debian/Ubuntu; skipped when present).
+system-deps:
+	@./scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e ".[train,export,ort,gst,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+weights: install
+	$(PY) -m train.weights
+
+models: install
+	$(PY) -m edge.provision
+
+train: install weights
+	$(PY) -m train --config train/configs/default.yaml
+
+demo: install models
+	mkdir -p $(OUT)
+	$(PY) -m edge $(DEMO_INPUT) $(OUT)/demo.mp4 --events $(OUT)/demo.jsonl --headless
+
+test: install weights models
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m vermin -q --no-tips -t=3.6- --violations edge
+
+clean:
+	rm -rf $(VENV) $(OUT) runs .pytest_cache

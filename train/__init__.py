@@ -1,0 +1,1 @@
+"""Training of the face-mask classifier (workstation side)."""
