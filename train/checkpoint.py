@@ -1,0 +1,72 @@
+"""Self-describing checkpoints: weights plus the metadata contract and the training record.
+
+A checkpoint is a dict with ``format``, ``meta`` (``train.metadata``: arch, classes,
+input size, resize, mean/std, crop margin), ``model_state``, and for resuming
+``optimizer_state``, ``scheduler_state``, ``epoch``, ``history``, ``args``. ``meta`` also
+holds ``train_args``, ``data_summary`` and ``metrics``, so exported models carry them too.
+"""
+import os
+import tempfile
+
+import torch
+
+from train import metadata
+from train.models import build_model
+
+FORMAT = "maskgate-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable checkpoint of this project."""
+
+
+def save(path, model, meta, **state):
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    payload = {"format": FORMAT, "meta": meta, "model_state": model.state_dict()}
+    payload.update(state)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read(path):
+    """Load and check a checkpoint dict; ``CheckpointError`` says what is wrong."""
+    if not os.path.isfile(path):
+        raise CheckpointError("checkpoint not found: %s" % path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a non-checkpoint file
+        raise CheckpointError("%s is not a PyTorch checkpoint: %s" % (path, exc)) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("%s is not a checkpoint of this project (expected format %s)" % (path, FORMAT))
+    missing = [k for k in ("meta", "model_state") if k not in payload]
+    if missing:
+        raise CheckpointError("%s is missing %s" % (path, ", ".join(missing)))
+    try:
+        metadata.validate(payload["meta"], source=path)
+    except metadata.MetadataError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return payload
+
+
+def load_model(path):
+    """Rebuild the model from a checkpoint; returns ``(model in eval mode, meta)``."""
+    payload = read(path)
+    meta = payload["meta"]
+    try:
+        model = build_model(meta["arch"], len(meta["classes"]), weights="none")
+    except ValueError as exc:
+        raise CheckpointError("%s: %s" % (path, exc)) from exc
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError("%s: weights do not fit %s: %s" % (path, meta["arch"], exc)) from exc
+    return model.eval(), meta
