@@ -1,0 +1,420 @@
+"""Video and image inputs from one URI: cameras, files, RTSP, stills, folders, test patterns.
+
+`open_source(uri, **options)` returns a Source whose `read(timeout)` gives a Frame (BGR
+image, index, pts, name) or None when no frame came within the timeout. Video goes through
+GStreamer and an appsink (pip's OpenCV has no GStreamer); stills through cv2.imread.
+
+Live sources (csi://, v4l2, rtsp://, test:// with is-live=true) keep only the newest frame
+and, when they drop (EOS, bus error, or no frame for `stall_timeout`), are reopened with
+exponential back-off while `read` keeps returning None. Files deliver every frame in order
+and end cleanly; a corrupt file ends after its last decodable frame with a log line.
+
+A camera that is absent when the service starts (/dev/video99, an RTSP server that refuses)
+raises SourceError, so a misconfigured device fails loudly; pass retry_open=True to wait
+for it in the "reconnecting" state instead. A camera lost later is always reconnected.
+"""
+import logging
+import os
+import re
+import time
+
+try:
+    from urllib.parse import parse_qs, urlsplit
+except ImportError:  # pragma: no cover (Python 2 is not supported; keeps linters calm)
+    raise
+
+from edge import gst
+from edge.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SCHEMES = ("csi://", "v4l2://", "file://", "rtsp://", "rtsps://", "test://")
+
+DEFAULTS = {
+    "width": None, "height": None, "fps": None,   # camera capture mode
+    "flip_method": 0,                              # csi:// (nvvidconv flip-method)
+    "format": "auto",                              # v4l2: auto | raw | mjpeg
+    "latency": 200, "protocols": "tcp",            # rtsp:// jitter buffer (ms), transport
+    "reconnect": True,                             # live sources reopen when they drop
+    "backoff": 0.5, "backoff_max": 30.0,           # seconds, doubling between attempts
+    "open_timeout": 10.0,                          # seconds for a pipeline to start
+    "stall_timeout": 10.0,                         # live: no frame this long = dropped
+    "retry_open": False,                           # live: absent at start -> keep trying
+    "loop": False,                                 # files: start again at the end (soak)
+}
+
+
+class Frame(object):
+    """One input frame: `image` HxWx3 uint8 BGR, `index` (0, 1, ...), `pts` in seconds or
+    None, `name` (the file name for stills and folders, else None)."""
+
+    __slots__ = ("image", "index", "pts", "name")
+
+    def __init__(self, image, index, pts=None, name=None):
+        self.image = image
+        self.index = index
+        self.pts = pts
+        self.name = name
+
+    def __repr__(self):
+        return "Frame(index={}, shape={}, pts={}, name={})".format(
+            self.index, self.image.shape, self.pts, self.name)
+
+
+class Source(object):
+    """Common surface of every source; iterate it or call `read` until not streaming."""
+
+    is_live = False
+
+    def __init__(self, uri):
+        self.uri = uri
+        self.state = "opening"
+
+    @property
+    def is_streaming(self):
+        """False once the source reached its end or was closed."""
+        return self.state not in ("eos", "closed")
+
+    def read(self, timeout=1.0):
+        """The next Frame, or None when none came within `timeout` seconds."""
+        raise NotImplementedError
+
+    def close(self):
+        """Release the device, file or connection; safe to call twice."""
+        self.state = "closed"
+
+    def __iter__(self):
+        while self.is_streaming:
+            frame = self.read()
+            if frame is not None:
+                yield frame
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def redact(uri):
+    """The URI without its password, for logs (rtsp://user:secret@host -> user:***@host)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+class GstSource(Source):
+    """A GStreamer pipeline that ends in `appsink name=sink`, with live reconnection."""
+
+    def __init__(self, uri, description, live, options, configure=None):
+        Source.__init__(self, uri)
+        self.is_live = live
+        self._description = description
+        self._configure = configure  # sets properties that must not go through parsing
+        self._opt = options
+        self._pipeline = self._appsink = self._bus = None
+        self._index = 0
+        self._pending = None      # a stop seen on the bus while a frame was still queued
+        self._delay = options["backoff"]
+        self._next_attempt = 0.0
+        self._attempts = 0
+        self._last_frame = time.monotonic()
+        try:
+            self._start()
+        except SourceError as exc:
+            if not (live and options["retry_open"]):
+                raise SourceError("cannot open {}: {}".format(redact(uri), exc))
+            log.warning("%s is not available (%s); retrying", redact(uri), exc)
+            self._schedule_retry()
+            return
+        self.state = "streaming"
+
+    def _start(self):
+        pipeline = gst.launch(self._description, SourceError)
+        if self._configure:
+            self._configure(pipeline)
+        self._pipeline = pipeline
+        self._appsink = pipeline.get_by_name("sink")
+        self._bus = pipeline.get_bus()
+        self._last_frame = time.monotonic()
+        try:
+            self._pending = gst.play(pipeline, SourceError, self._opt["open_timeout"])
+        except SourceError:
+            self._pipeline = self._appsink = self._bus = None
+            raise
+
+    def _stop_pipeline(self):
+        gst.stop(self._pipeline)
+        self._pipeline = self._appsink = self._bus = None
+
+    def _schedule_retry(self):
+        self._stop_pipeline()
+        self.state = "reconnecting"
+        self._next_attempt = time.monotonic() + self._delay
+
+    def _attempt(self):
+        self._attempts += 1
+        log.info("reconnecting to %s (attempt %d)", redact(self.uri), self._attempts)
+        self._delay = min(self._delay * 2, self._opt["backoff_max"])
+        try:
+            self._start()
+        except SourceError as exc:
+            log.warning("reconnect to %s failed: %s; next attempt in %.1f s",
+                        redact(self.uri), exc, self._delay)
+            self._schedule_retry()
+
+    def _stopped(self, kind, text):
+        """React to EOS or an error: reconnect (live), restart (loop) or end."""
+        self._pending = None
+        what = "end of stream" if kind == "eos" else "error: {}".format(text)
+        if self.is_live and self._opt["reconnect"]:
+            log.warning("%s stopped (%s); reconnecting in %.1f s", redact(self.uri), what,
+                        self._delay)
+            self._schedule_retry()
+        elif self._opt["loop"] and kind == "eos" and self._index > 0:
+            self._stop_pipeline()
+            self._start()
+        else:
+            if kind == "error":
+                log.error("%s: decoding stopped after %d frames (%s); ending the stream",
+                          redact(self.uri), self._index, text)
+            else:
+                log.info("%s: end of stream after %d frames", redact(self.uri), self._index)
+            self._stop_pipeline()
+            self.state = "eos"
+
+    def read(self, timeout=1.0):
+        """The next Frame, or None after `timeout` seconds (also while reconnecting)."""
+        deadline = time.monotonic() + timeout
+        while self.is_streaming:
+            now = time.monotonic()
+            if self._pipeline is None:  # waiting for the next reconnection attempt
+                if now >= self._next_attempt:
+                    self._attempt()
+                    continue
+                if now >= deadline:
+                    return None
+                time.sleep(min(deadline, self._next_attempt) - now)
+                continue
+            # Short pulls so that a stop on the bus is noticed within 0.1 s.
+            wait = max(0.0, min(0.1, deadline - now))
+            sample = self._appsink.try_pull_sample(int(wait * gst.init().SECOND))
+            if sample is not None:
+                return self._frame(sample)
+            found = self._pending or gst.poll(self._bus)
+            if found is None and self.is_live and \
+                    time.monotonic() - self._last_frame > self._opt["stall_timeout"]:
+                found = ("error", "no frame for {:.0f} s".format(self._opt["stall_timeout"]))
+            if found is not None:
+                sample = self._appsink.try_pull_sample(0)  # one may have raced the message
+                if sample is not None:
+                    self._pending = found
+                    return self._frame(sample)
+                self._stopped(*found)
+                continue
+            if time.monotonic() >= deadline:
+                return None
+        return None
+
+    def _frame(self, sample):
+        self._last_frame = time.monotonic()
+        if self.state == "reconnecting":
+            log.info("%s recovered after %d attempt(s)", redact(self.uri), self._attempts)
+        if self.state != "streaming":
+            self.state = "streaming"
+        self._attempts = 0
+        self._delay = self._opt["backoff"]
+        frame = Frame(gst.sample_to_bgr(sample), self._index, gst.buffer_pts(sample))
+        self._index += 1
+        return frame
+
+    def close(self):
+        """Stop the pipeline and release its device, file or connection."""
+        self._stop_pipeline()
+        self.state = "closed"
+
+
+class ImageSource(Source):
+    """Still images: one file, or a folder's images in sorted order (by file name)."""
+
+    def __init__(self, uri, paths):
+        Source.__init__(self, uri)
+        self._paths = list(paths)
+        self._index = 0
+        self.skipped = 0  # undecodable files in a folder (logged, not fatal)
+        self.state = "streaming" if self._paths else "eos"
+
+    def read(self, timeout=1.0):
+        """The next decodable image as a Frame named after its file; None at the end."""
+        while self._paths and self.state == "streaming":
+            path = self._paths.pop(0)
+            image = read_image(path)
+            if image is None:
+                self.skipped += 1
+                log.warning("skipping %s: not a decodable image", path)
+                continue
+            frame = Frame(image, self._index, None, os.path.basename(path))
+            self._index += 1
+            return frame
+        if self.state == "streaming":
+            if self.skipped:
+                log.info("%s: %d image(s) read, %d skipped", self.uri, self._index,
+                         self.skipped)
+            self.state = "eos"
+        return None
+
+
+def read_image(path):
+    """Decode an image file to BGR uint8; None when it cannot be decoded."""
+    import cv2
+    import numpy as np
+    try:
+        # imdecode of the bytes handles non-ASCII paths that imread mishandles on some builds
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (OSError, cv2.error):
+        return None
+    return image
+
+
+def _options(options):
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError("unknown source option(s) {}; accepted: {}".format(
+            ", ".join(unknown), ", ".join(sorted(DEFAULTS))))
+    merged = dict(DEFAULTS)
+    merged.update(options)
+    return merged
+
+
+def open_source(uri, **options):
+    """Open an input by URI or path; see the module docstring for the accepted forms.
+
+    Raises SourceError (missing file, unknown scheme, absent camera, element not
+    installed) or ConfigError (an unknown option).
+    """
+    opt = _options(options)
+    uri = str(uri)
+    if uri.startswith("csi://"):
+        return _csi(uri, opt)
+    if uri.startswith("v4l2://") or uri.startswith("/dev/video"):
+        return _v4l2(uri, opt)
+    if uri.startswith("rtsp://") or uri.startswith("rtsps://"):
+        return _rtsp(uri, opt)
+    if uri.startswith("test://"):
+        return _test(uri, opt)
+    if "://" in uri and not uri.startswith("file://"):
+        raise SourceError("unknown input scheme in '{}': use one of {}, a video or image "
+                          "path, or a folder of images".format(redact(uri), ", ".join(SCHEMES)))
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if os.path.isdir(path):
+        paths = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise SourceError("folder {} holds no images ({})".format(
+                path, " ".join(IMAGE_EXTENSIONS)))
+        return ImageSource(uri, paths)
+    if not os.path.isfile(path):
+        raise SourceError("no such file: {}".format(path))
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        if read_image(path) is None:
+            raise SourceError("cannot decode image {}".format(path))
+        return ImageSource(uri, [path])
+    return _file(uri, path, opt)
+
+
+def _to_bgr():
+    # On the Jetson decoders and the CSI camera give NVMM buffers: nvvidconv copies them to
+    # system memory (as BGRx: it has no BGR), videoconvert then drops the x byte.
+    if gst.on_jetson():
+        return "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR"
+    return "videoconvert ! video/x-raw,format=BGR"
+
+
+def _appsink(live):
+    # Live: one buffer, drop the older one, so a slow loop always gets the newest frame.
+    # Files: a short queue that blocks the decoder, so every frame is delivered in order.
+    return "appsink name=sink emit-signals=false sync=false max-buffers={} drop={}".format(
+        1 if live else 4, "true" if live else "false")
+
+
+def _mode_caps(kind, opt):
+    fields = [kind]
+    if opt["width"] and opt["height"]:
+        fields.append("width={},height={}".format(int(opt["width"]), int(opt["height"])))
+    if opt["fps"]:
+        fields.append("framerate={}/{}".format(*gst.fps_fraction(opt["fps"])))
+    return ",".join(fields)
+
+
+def _set(name, **props):
+    """A configure callback that sets element properties (paths and URIs need no quoting)."""
+    def configure(pipeline):
+        element = pipeline.get_by_name(name)
+        for key, value in props.items():
+            element.set_property(key, value)
+    return configure
+
+
+def _csi(uri, opt):
+    sensor = uri[len("csi://"):] or "0"
+    if not sensor.isdigit():
+        raise SourceError("csi:// wants a sensor number, e.g. csi://0, not '{}'".format(uri))
+    gst.require(["nvarguscamerasrc", "nvvidconv"], SourceError)
+    opt = dict(opt, width=opt["width"] or 1280, height=opt["height"] or 720,
+               fps=opt["fps"] or 30)
+    desc = ("nvarguscamerasrc sensor-id={} ! {},format=NV12 ! nvvidconv flip-method={} ! "
+            "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! {}").format(
+        sensor, _mode_caps("video/x-raw(memory:NVMM)", opt), int(opt["flip_method"]),
+        _appsink(True))
+    return GstSource(uri, desc, True, opt)
+
+
+def _v4l2(uri, opt):
+    device = uri[len("v4l2://"):] if uri.startswith("v4l2://") else uri
+    if device.isdigit():
+        device = "/dev/video" + device
+    if not os.path.exists(device) and not opt["retry_open"]:
+        raise SourceError("camera {} is absent (no such device); check the cable and "
+                          "`ls /dev/video*`".format(device))
+    gst.require(["v4l2src"], SourceError)
+    fmt = opt["format"]
+    if fmt == "mjpeg":
+        # The Jetson decodes MJPEG in hardware; elsewhere jpegdec does it on the CPU.
+        decoder = "nvv4l2decoder mjpeg=1" if gst.has_element("nvv4l2decoder") else "jpegdec"
+        head = "{} ! {}".format(_mode_caps("image/jpeg", opt), decoder)
+    elif fmt == "raw" or opt["width"] or opt["fps"]:
+        head = _mode_caps("video/x-raw", opt)
+    elif fmt == "auto":
+        head = "decodebin"  # raw passes through; MJPEG or H.264 cameras get a decoder
+    else:
+        raise ConfigError("source option format must be auto, raw or mjpeg, not "
+                          "'{}'".format(fmt))
+    desc = "v4l2src name=src ! {} ! {} ! {}".format(head, _to_bgr(), _appsink(True))
+    return GstSource(uri, desc, True, opt, _set("src", device=device))
+
+
+def _rtsp(uri, opt):
+    gst.require(["rtspsrc", "decodebin"], SourceError)
+    # The caps filter keeps the video stream only: an audio pad would stay unlinked.
+    desc = ("rtspsrc name=src latency={} protocols={} ! application/x-rtp,media=video ! "
+            "decodebin ! {} ! {}").format(int(opt["latency"]), opt["protocols"], _to_bgr(),
+                                          _appsink(True))
+    return GstSource(uri, desc, True, opt, _set("src", location=uri))
+
+
+def _test(uri, opt):
+    query = dict((k, v[-1]) for k, v in parse_qs(urlsplit(uri).query).items())
+    live = query.get("is-live", "false").lower() in ("1", "true", "yes")
+    desc = ("videotestsrc pattern={} is-live={} num-buffers={} ! "
+            "video/x-raw,width={},height={},framerate={}/1 ! {} ! {}").format(
+        query.get("pattern", "smpte"), "true" if live else "false",
+        int(query.get("num-buffers", -1)), int(query.get("width", 320)),
+        int(query.get("height", 240)), int(query.get("fps", 30)), _to_bgr(), _appsink(live))
+    return GstSource(uri, desc, live, opt)
+
+
+def _file(uri, path, opt):
+    gst.require(["filesrc", "decodebin", "videoconvert", "appsink"], SourceError)
+    # decodebin picks the decoder: nvv4l2decoder on the Jetson, avdec_h264 elsewhere.
+    desc = "filesrc name=src ! decodebin ! {} ! {}".format(_to_bgr(), _appsink(False))
+    return GstSource(uri, desc, False, opt, _set("src", location=path))
