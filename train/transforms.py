@@ -51,8 +51,20 @@ def normalize(rgb, mean, std):
 
 def eval_transform(rgb, meta):
     """The evaluation path: letterboxed, normalized CHW tensor for one RGB image."""
-    boxed = letterbox(rgb, meta["input_size"], meta["mean"])
-    return torch.from_numpy(normalize(boxed, meta["mean"], meta["std"]))
+    return EvalTransform(meta).from_boxed(letterbox(rgb, meta["input_size"], meta["mean"]))
+
+
+class EvalTransform:
+    """Letterbox and normalize; ``from_boxed`` starts from an already letterboxed crop."""
+
+    def __init__(self, meta):
+        self.meta = meta
+
+    def from_boxed(self, boxed):
+        return torch.from_numpy(normalize(boxed, self.meta["mean"], self.meta["std"]))
+
+    def __call__(self, rgb):
+        return self.from_boxed(letterbox(rgb, self.meta["input_size"], self.meta["mean"]))
 
 
 class TrainTransform:
@@ -79,7 +91,8 @@ class TrainTransform:
         self.pipeline = v2.Compose(steps)
         self.meta = meta
 
+    def from_boxed(self, boxed):
+        return self.pipeline(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
+
     def __call__(self, rgb):
-        boxed = letterbox(rgb, self.meta["input_size"], self.meta["mean"])
-        image = torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1)))
-        return self.pipeline(image)
+        return self.from_boxed(letterbox(rgb, self.meta["input_size"], self.meta["mean"]))

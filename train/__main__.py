@@ -1,0 +1,163 @@
+"""``python -m train``: train a mask classifier and write a checkpoint and its report.
+
+Example (the shipped default model, see README): ``python -m train --config train/configs/default.yaml``.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import yaml
+
+from train import checkpoint, data, metadata, report
+from train.engine import FaceDataset, evaluate, fit, make_loader
+from train.models import ARCHS, build_model, normalization, set_trainable
+from train.transforms import EvalTransform, TrainTransform
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Train a face-mask classifier.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys are these options (flags override it)")
+    p.add_argument("--data", action="append", help="data root (class folders, SF-MASK or VOC scenes); repeatable")
+    p.add_argument("--classes", default="mask,no_mask", help="classes in output order")
+    p.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHS))
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH")
+    p.add_argument("--freeze", default="none", help="none | head | N (train the last N blocks + head)")
+    p.add_argument("--input-size", type=int, default=96)
+    p.add_argument("--crop-margin", type=float, default=0.15, help="face-box margin on each side for scene crops")
+    p.add_argument("--min-size", type=int, default=8, help="exclude faces/images whose shorter side is smaller")
+    p.add_argument("--subset", type=float, default=1.0, help="train on this stratified share of the data")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--random-erasing", type=float, default=0.0, help="probability of random erasing")
+    p.add_argument("--mix", default="none", choices=["none", "mixup", "cutmix"])
+    p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
+    p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="report metrics with test-time horizontal flip too")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--resume", help="last.pt of an interrupted run")
+    p.add_argument("--out", default="runs/train", help="output folder: checkpoints and report")
+    p.add_argument("--search", action="store_true", help="run the lr x batch-size grid with k-fold CV first")
+    p.add_argument("--grid-lr", default="1e-2,1e-3,1e-4,1e-5")
+    p.add_argument("--grid-batch", default="16,32,64")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--search-epochs", type=int, default=3)
+    p.add_argument("--export", action=argparse.BooleanOptionalAction, default=False,
+                   help="export best.pt to ONNX when done (export.onnx)")
+    return p
+
+
+def parse_args(argv=None):
+    """Flags over the YAML config over the defaults; unknown config keys are errors."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        with open(args.config) as f:
+            config = yaml.safe_load(f) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(k for k in config if k.replace("-", "_") not in known)
+        if unknown:
+            parser.error("%s: unknown keys %s; known: %s" % (args.config, unknown, sorted(known - {"help"})))
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
+        args = parser.parse_args(argv)
+    if not args.data:
+        parser.error("give at least one --data folder (or data: in --config)")
+    args.classes = [c.strip() for c in args.classes.split(",")] if isinstance(args.classes, str) else list(args.classes)
+    bad = [c for c in args.classes if c not in metadata.CLASS_NAMES]
+    if bad:
+        parser.error("--classes: unknown %s; accepted %s" % (bad, list(metadata.CLASS_NAMES)))
+    return args
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_datasets(samples, meta, args):
+    """(train, val, {test set name: dataset}) with the training augmentation on train only."""
+    by_split = {s: [x for x in samples if x.split == s] for s in data.SPLITS}
+    train_set = FaceDataset(by_split["train"], meta["classes"], meta,
+                            TrainTransform(meta, random_erasing=args.random_erasing))
+    evaluation = EvalTransform(meta)
+    val_set = FaceDataset(by_split["val"], meta["classes"], meta, evaluation)
+    tests = {"test": by_split["test"]}
+    for source in sorted({s.source for s in by_split["test"]}):
+        part = [s for s in by_split["test"] if s.source == source]
+        tests["test_%s" % source] = part
+        small = [s for s in part if s.box is not None and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) < 32]
+        if small:
+            tests["test_%s_under32px" % source] = small
+    return train_set, val_set, {k: FaceDataset(v, meta["classes"], meta, evaluation) for k, v in tests.items() if v}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed_everything(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.seed, args.subset, args.crop_margin)
+    summary = data.summarize(samples)
+    print(hygiene)
+    print("data: %s" % json.dumps(summary["splits"]))
+    mean, std = normalization(args.arch)
+    train_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
+    meta = metadata.make_metadata(args.arch, args.classes, (args.input_size, args.input_size), mean, std,
+                                  args.crop_margin, train_args=train_args,
+                                  data_summary=dict(summary, hygiene=hygiene.summary()))
+    train_set, val_set, test_sets = build_datasets(samples, meta, args)
+    search_md = ""
+    if args.search:
+        from train.search import grid_search
+        table, best = grid_search(train_set, meta, args)
+        args.lr, args.batch_size = best
+        search_md = table
+        print(table)
+    model = build_model(args.arch, len(args.classes), args.weights)
+    trainable = set_trainable(model, args.freeze)
+    print("%s at %d px: %d trainable parameters" % (args.arch, args.input_size, trainable))
+    history, _ = fit(model, train_set, val_set, meta, args, out_dir=args.out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    best_path = os.path.join(args.out, "best.pt")
+    model, meta = checkpoint.load_model(best_path)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    model.to(device)
+    results = {}
+    for name, dataset in [("val", val_set)] + sorted(test_sets.items()):
+        loader = make_loader(dataset, 128, False, args.workers, args.seed)
+        results[name] = evaluate(model, loader, device, meta["classes"])
+        print(report.format_metrics(results[name][0], name))
+        if args.tta_flip:
+            results[name + "_flip"] = evaluate(model, loader, device, meta["classes"], flip=True)
+            print(report.format_metrics(results[name + "_flip"][0], name + "_flip"))
+    payload = checkpoint.read(best_path)
+    meta["metrics"] = {name: {k: v for k, v in m.items()} for name, (m, _, _) in results.items()}
+    meta["train_seconds"] = round(time.time() - started, 1)
+    checkpoint.save(best_path, model, meta, **{k: v for k, v in payload.items()
+                                               if k not in ("format", "meta", "model_state")})
+    report.write_report(args.out, results, history, ("## Grid search\n\n" + search_md) if search_md else "")
+    print("report: %s" % os.path.join(args.out, "report.md"))
+    if args.export:
+        from export.onnx import export_onnx
+        export_onnx(best_path, os.path.join(args.out, "model.onnx"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

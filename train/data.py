@@ -1,0 +1,349 @@
+"""Data readers, hygiene and splits: from folders or annotated scenes to labelled samples.
+
+Three layouts are read (see ``load_source``):
+- a folder per class (``with_mask/``, ``without_mask/``...; synonyms in ``CLASS_SYNONYMS``);
+- SF-MASK: ``train/`` and ``test/``, each with ``compliant/`` and ``non-compliant/``;
+- PASCAL VOC scenes: ``images/`` + ``annotations/*.xml``, face crops cut with a margin,
+  honouring ``splits.csv`` (columns ``image,split``) where one exists.
+
+A ``Sample`` is one face: an image path, an optional box in it, a class name, a split and
+a group (scene or near-duplicate group: what must never straddle two splits).
+"""
+import collections
+import csv
+import hashlib
+import os
+import random
+import xml.etree.ElementTree as ET
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CLASS_SYNONYMS = {
+    "with_mask": "mask", "mask": "mask", "compliant": "mask",
+    "without_mask": "no_mask", "no_mask": "no_mask", "nomask": "no_mask", "non-compliant": "no_mask",
+    "mask_weared_incorrect": "incorrect", "with_incorrect_mask": "incorrect", "incorrect": "incorrect",
+}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# PIL's format name -> the extensions that honestly name it
+FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
+                     "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}}
+SPLITS = ("train", "val", "test")
+
+Sample = collections.namedtuple("Sample", "path box label split group source")
+
+
+class DataError(ValueError):
+    """The data set cannot be read as asked (unknown class folder, no images...)."""
+
+
+def canonical_class(name, where):
+    """Map a folder or annotation class name to mask / no_mask / incorrect, or raise."""
+    key = name.strip().lower()
+    if key not in CLASS_SYNONYMS:
+        raise DataError("unknown class %r in %s; accepted names: %s"
+                        % (name, where, ", ".join(sorted(CLASS_SYNONYMS))))
+    return CLASS_SYNONYMS[key]
+
+
+class Hygiene:
+    """Counts of what was excluded, converted or noted, per reason, with a few examples."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self.examples = collections.defaultdict(list)
+
+    def note(self, reason, path):
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(os.path.basename(str(path)))
+
+    def summary(self):
+        return {reason: {"count": n, "examples": self.examples[reason]} for reason, n in sorted(self.counts.items())}
+
+    def __str__(self):
+        if not self.counts:
+            return "hygiene: nothing to report"
+        return "hygiene: " + ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
+
+
+def read_rgb(path, hygiene=None):
+    """Decode any image to an HxWx3 uint8 RGB array; alpha, gray, palette and CMYK converted.
+
+    Transparent pixels are composited on white, so a PNG cut-out does not become a
+    black-background tell that only one class has.
+    """
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+            if hygiene is not None:
+                hygiene.note("converted_alpha_to_rgb", path)
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        elif mode in ("L", "I", "I;16", "F", "1") and hygiene is not None:
+            hygiene.note("converted_gray_to_rgb", path)
+        elif mode == "CMYK" and hygiene is not None:
+            hygiene.note("converted_cmyk_to_rgb", path)
+        return np.asarray(im.convert("RGB"))
+
+
+def inspect_file(path, hygiene):
+    """Check one file; return (sha256, width, height) or None when it must be excluded."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        hygiene.note("unreadable", path)
+        return None
+    if size == 0:
+        hygiene.note("empty_file", path)
+        return None
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            rgb = read_rgb(path, hygiene)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        hygiene.note("not_an_image_or_corrupt", path)
+        return None
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMAT_EXTENSIONS.get(fmt, {ext}):
+        hygiene.note("wrong_extension_%s_is_%s" % (ext or "none", fmt), path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return digest, rgb.shape[1], rgb.shape[0], dhash(rgb)
+
+
+def dhash(rgb):
+    """64-bit difference hash: survives re-encoding, resizing and mild colour changes."""
+    import cv2
+    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
+    bits = (gray[:, 1:] > gray[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicate_groups(paths, hashes, max_distance=4):
+    """Union-find groups of images whose dHashes differ in at most ``max_distance`` bits."""
+    parent = list(range(len(paths)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    values = np.array(hashes, dtype=np.uint64)
+    for i in range(len(values)):
+        xor = np.bitwise_xor(values[i + 1:], values[i])
+        distance = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
+        for j in np.nonzero(distance <= max_distance)[0]:
+            parent[find(i + 1 + j)] = find(i)
+    return {paths[i]: paths[find(i)] for i in range(len(paths))}
+
+
+def _list_files(folder):
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
+def read_class_folders(root, split=None, source=None):
+    """Samples of a folder-per-class tree (``root/<class>/*``); any file is a candidate."""
+    samples = []
+    for entry in sorted(os.listdir(root)):
+        folder = os.path.join(root, entry)
+        if not os.path.isdir(folder) or entry.startswith("."):
+            continue
+        label = canonical_class(entry, root)
+        for path in _list_files(folder):
+            samples.append(Sample(path, None, label, split, path, source or os.path.basename(root)))
+    if not samples:
+        raise DataError("no class folders with files under %s" % root)
+    return samples
+
+
+def read_voc(root, margin=0.0, source=None):
+    """Face boxes of a VOC scene set; ``split`` from ``root/splits.csv`` when present."""
+    ann_dir, img_dir = os.path.join(root, "annotations"), os.path.join(root, "images")
+    splits = {}
+    splits_csv = os.path.join(root, "splits.csv")
+    if os.path.isfile(splits_csv):
+        with open(splits_csv, newline="") as f:
+            splits = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    samples = []
+    for name in sorted(os.listdir(ann_dir)):
+        if not name.endswith(".xml"):
+            continue
+        tree = ET.parse(os.path.join(ann_dir, name)).getroot()
+        filename = tree.findtext("filename") or os.path.splitext(name)[0] + ".jpg"
+        path = os.path.join(img_dir, filename)
+        if not os.path.isfile(path):  # converted sets keep the annotation's old extension
+            stem = os.path.splitext(filename)[0]
+            matches = [f for f in os.listdir(img_dir) if os.path.splitext(f)[0] == stem]
+            path = os.path.join(img_dir, matches[0]) if matches else path
+        scene = os.path.basename(path)
+        for obj in tree.iter("object"):
+            label = canonical_class(obj.findtext("name"), os.path.join(ann_dir, name))
+            bb = obj.find("bndbox")
+            box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            samples.append(Sample(path, box, label, splits.get(scene), scene, source or os.path.basename(root)))
+    if not samples:
+        raise DataError("no annotated faces under %s" % ann_dir)
+    return samples
+
+
+def detect_layout(root):
+    """``voc``, ``sfmask`` or ``folders``, from what ``root`` contains."""
+    if not os.path.isdir(root):
+        raise DataError("data folder not found: %s" % root)
+    if os.path.isdir(os.path.join(root, "annotations")) and os.path.isdir(os.path.join(root, "images")):
+        return "voc"
+    subdirs = {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+    if "train" in subdirs and "test" in subdirs:
+        return "sfmask"
+    return "folders"
+
+
+def load_source(root, margin=0.15):
+    """Read any supported layout into samples (split set where the layout fixes it)."""
+    layout = detect_layout(root)
+    name = os.path.basename(os.path.normpath(root))
+    if layout == "voc":
+        return read_voc(root, margin, source=name)
+    if layout == "sfmask":
+        return (read_class_folders(os.path.join(root, "train"), "train", source=name)
+                + read_class_folders(os.path.join(root, "test"), "test", source=name))
+    return read_class_folders(root, source=name)
+
+
+def clean(samples, min_size=8, hygiene=None):
+    """Apply hygiene: drop undecodable files, exact duplicates and too-small faces.
+
+    Exact duplicates (same bytes) keep the first copy; copies under different classes are
+    all dropped (the label is unknowable). Runs before any split, so no copy can leak
+    from training into test.
+    """
+    from tqdm import tqdm
+    hygiene = hygiene or Hygiene()
+    by_path = {}
+    for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img", leave=False):
+        by_path[path] = inspect_file(path, hygiene)
+    labels_by_digest = collections.defaultdict(set)
+    for s in samples:
+        if by_path[s.path] and s.box is None:
+            labels_by_digest[by_path[s.path][0]].add(s.label)
+    seen, kept = set(), []
+    for s in samples:
+        info = by_path[s.path]
+        if info is None:
+            continue
+        digest, width, height, _ = info
+        if s.box is None:
+            if len(labels_by_digest[digest]) > 1:
+                hygiene.note("duplicate_with_conflicting_labels", s.path)
+                continue
+            if digest in seen:
+                hygiene.note("exact_duplicate_removed", s.path)
+                continue
+            seen.add(digest)
+            w, h = width, height
+        else:
+            w, h = s.box[2] - s.box[0], s.box[3] - s.box[1]
+        if min(w, h) < min_size:
+            hygiene.note("below_min_size_%dpx" % min_size, s.path)
+            continue
+        kept.append(s)
+    # Near-copies (re-encoded, resized, pre-augmented) must not straddle splits: group them.
+    whole = sorted({s.path for s in kept if s.box is None})
+    if whole:
+        groups = near_duplicate_groups(whole, [by_path[p][3] for p in whole])
+        for p in whole:
+            if groups[p] != p:
+                hygiene.note("near_duplicate_grouped", p)
+        kept = [s._replace(group=groups[s.path]) if s.box is None else s for s in kept]
+    return kept, hygiene
+
+
+def stratified_split(samples, fractions=(0.7, 0.15, 0.15), seed=0):
+    """Give samples without a split one, stratified by class, whole groups at a time."""
+    rng = random.Random(seed)
+    groups = collections.defaultdict(list)
+    for i, s in enumerate(samples):
+        if s.split is None:
+            groups[(s.label, s.group)].append(i)
+    out = list(samples)
+    by_label = collections.defaultdict(list)
+    for (label, _), members in sorted(groups.items()):
+        by_label[label].append(members)
+    for label, group_list in sorted(by_label.items()):
+        rng.shuffle(group_list)
+        total = sum(len(g) for g in group_list)
+        bounds = [fractions[0] * total, (fractions[0] + fractions[1]) * total]
+        done = 0
+        for members in group_list:
+            split = "train" if done < bounds[0] else "val" if done < bounds[1] else "test"
+            done += len(members)
+            for i in members:
+                out[i] = out[i]._replace(split=split)
+    return out
+
+
+def carve_val(samples, fraction=0.15, seed=0):
+    """For layouts with train/test only (SF-MASK): move a stratified share of train to val."""
+    rng = random.Random(seed)
+    out = list(samples)
+    by_label = collections.defaultdict(list)
+    for i, s in enumerate(samples):
+        if s.split == "train":
+            by_label[s.label].append(i)
+    for label, idx in sorted(by_label.items()):
+        rng.shuffle(idx)
+        for i in idx[:int(round(fraction * len(idx)))]:
+            out[i] = out[i]._replace(split="val")
+    return out
+
+
+def subset(samples, fraction, seed=0):
+    """A representative share of every split, stratified by (split, class)."""
+    if fraction >= 1:
+        return samples
+    rng = random.Random(seed)
+    cells = collections.defaultdict(list)
+    for s in samples:
+        cells[(s.split, s.label)].append(s)
+    out = []
+    for key in sorted(cells):
+        members = cells[key]
+        rng.shuffle(members)
+        out.extend(members[:max(1, int(round(fraction * len(members))))])
+    return out
+
+
+def summarize(samples):
+    """{split: {class: count}} plus per-source totals, for the checkpoint and the report."""
+    table = collections.defaultdict(collections.Counter)
+    sources = collections.defaultdict(collections.Counter)
+    for s in samples:
+        table[s.split][s.label] += 1
+        sources[s.source][s.split] += 1
+    return {"splits": {k: dict(v) for k, v in sorted(table.items())},
+            "sources": {k: dict(v) for k, v in sorted(sources.items())}}
+
+
+def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15):
+    """Read, clean and split every data root; returns (samples, hygiene)."""
+    hygiene = Hygiene()
+    samples = []
+    for root in roots:
+        source = load_source(root, margin)
+        unused = [s for s in source if s.label not in classes]
+        for s in unused:
+            hygiene.note("class_not_trained_%s" % s.label, s.path)
+        source = [s for s in source if s.label in classes]
+        source, _ = clean(source, min_size, hygiene)
+        if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source):
+            source = carve_val(source, seed=seed)
+        samples.extend(stratified_split(source, seed=seed))
+    samples = subset(samples, subset_fraction, seed)
+    if not samples:
+        raise DataError("no usable images in %s" % ", ".join(roots))
+    return samples, hygiene

@@ -1,0 +1,238 @@
+"""The training loop: datasets, one epoch, evaluation, early stopping, checkpoints, DDP.
+
+Runs on CPU or CUDA (mixed precision there) and, launched with ``torchrun``, data-parallel
+over several processes (gloo on CPU, NCCL on GPUs); rank 0 evaluates, logs and saves.
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from train import checkpoint, report
+from train.data import read_rgb
+from train.transforms import expand_box, letterbox
+
+
+class FaceDataset(Dataset):
+    """Face crops of ``samples``; the letterboxed uint8 crop is cached after first use.
+
+    The cache keeps a small array per face (e.g. 96x96x3 = 27 KB), so even SF-MASK's 45k
+    faces stay near 1 GB, and epochs after the first skip decoding entirely.
+    """
+
+    def __init__(self, samples, classes, meta, transform, cache=True):
+        self.samples = samples
+        self.targets = [classes.index(s.label) for s in samples]
+        self.meta = meta
+        self.transform = transform
+        self.cache = {} if cache else None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def boxed(self, i):
+        """The letterboxed uint8 RGB crop of sample ``i``."""
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        s = self.samples[i]
+        rgb = read_rgb(s.path)
+        if s.box is not None:
+            x1, y1, x2, y2 = expand_box(s.box, self.meta["crop_margin"], rgb.shape[1], rgb.shape[0])
+            rgb = rgb[y1:y2, x1:x2]
+        boxed = letterbox(rgb, self.meta["input_size"], self.meta["mean"])
+        if self.cache is not None:
+            self.cache[i] = boxed
+        return boxed
+
+    def __getitem__(self, i):
+        return self.transform.from_boxed(self.boxed(i)), self.targets[i]
+
+
+def class_weights(targets, num_classes):
+    """Inverse-frequency weights (sklearn's 'balanced'): n / (C * n_c)."""
+    counts = np.bincount(np.asarray(targets), minlength=num_classes).astype(float)
+    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def distributed_setup():
+    """Join the process group when launched by torchrun; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank() if dist.is_initialized() else 0), world
+
+
+def make_loader(dataset, batch_size, shuffle, workers, seed, distributed=False):
+    """A DataLoader; a DistributedSampler shards training data under torchrun."""
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, generator=generator, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=workers > 0, drop_last=False)
+
+
+def batch_mixer(kind, num_classes):
+    """MixUp or CutMix on batches (torchvision v2), or None."""
+    if kind in (None, "none"):
+        return None
+    from torchvision.transforms import v2
+    return {"mixup": v2.MixUp, "cutmix": v2.CutMix}[kind](num_classes=num_classes)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scaler=None, mixer=None,
+                    desc="train", show=True):
+    """One pass over ``loader``; returns (mean loss, accuracy on the un-mixed labels)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show)
+    for images, targets in bar:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        hard = targets
+        if mixer is not None:
+            images, targets = mixer(images, targets)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            logits = model(images)
+            loss = criterion(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(hard)
+        correct += (logits.argmax(1) == hard).sum().item()
+        seen += len(hard)
+        bar.set_postfix(loss="%.4f" % (total_loss / seen))
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def predict(model, loader, device, flip=False, show=False):
+    """Class probabilities and labels for every sample; ``flip`` averages a mirrored pass."""
+    model.eval()
+    probs, labels = [], []
+    for images, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show):
+        images = images.to(device, non_blocking=True)
+        p = model(images).float().softmax(1)
+        if flip:
+            p = (p + model(images.flip(3)).float().softmax(1)) / 2
+        probs.append(p.cpu())
+        labels.append(targets)
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+
+
+def evaluate(model, loader, device, classes, flip=False):
+    """Metrics (``report.compute_metrics``) plus the unweighted cross-entropy as ``loss``."""
+    labels, probs = predict(model, loader, device, flip)
+    metrics = report.compute_metrics(labels, probs, classes)
+    picked = probs[np.arange(len(labels)), labels]
+    metrics["loss"] = float(-np.log(np.clip(picked, 1e-7, 1)).mean()) if len(labels) else None
+    return metrics, labels, probs
+
+
+class EarlyStopping:
+    """Stops after ``patience`` epochs without improving the monitored value by ``min_delta``."""
+
+    def __init__(self, patience, mode="min", min_delta=1e-4):
+        self.patience, self.mode, self.min_delta = patience, mode, min_delta
+        self.best, self.bad_epochs = None, 0
+
+    def step(self, value):
+        """Record an epoch's value; returns True when it is the best so far."""
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self):
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=print):
+    """Train ``model``; returns (history, best val metrics). Saves best.pt/last.pt in ``out_dir``.
+
+    ``args`` needs: epochs, batch_size, lr, weight_decay, workers, seed, patience, monitor,
+    label_smoothing, mix, amp, resume (path or None). Under torchrun, data are sharded.
+    """
+    rank, world = distributed_setup()
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    model.to(device)
+    classes = meta["classes"]
+    weights = class_weights(train_set.targets, len(classes)).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    train_loader = make_loader(train_set, args.batch_size, True, args.workers, args.seed, world > 1)
+    val_loader = make_loader(val_set, max(args.batch_size, 64), False, args.workers, args.seed)
+    steps = args.epochs * len(train_loader)
+    warmup = min(len(train_loader), steps // 10)
+    # Linear warm-up for the new head, then cosine decay to zero.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup
+                                                  else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1))))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and args.amp else None
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    mixer = batch_mixer(args.mix, len(classes))
+    mode = "min" if args.monitor == "loss" else "max"
+    stopper = EarlyStopping(args.patience, mode)
+    history, start_epoch, best_metrics = [], 1, None
+    if getattr(args, "resume", None):
+        state = checkpoint.read(args.resume)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        history, start_epoch = state.get("history", []), state["epoch"] + 1
+        stopper.best, stopper.bad_epochs = state.get("best_value"), state.get("bad_epochs", 0)
+        best_metrics = state.get("best_metrics")
+        log("resumed from %s at epoch %d" % (args.resume, start_epoch))
+    for epoch in range(start_epoch, args.epochs + 1):
+        if world > 1:
+            train_loader.sampler.set_epoch(epoch)
+        started = time.time()
+        train_loss, train_acc = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, device,
+                                                scaler, mixer, "epoch %d/%d" % (epoch, args.epochs), show and rank == 0)
+        stop = torch.zeros(1)
+        if rank == 0:
+            val, _, _ = evaluate(model, val_loader, device, classes)
+            value = val[args.monitor]
+            improved = stopper.step(value)
+            history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+                            "seconds": time.time() - started, "lr": optimizer.param_groups[0]["lr"]})
+            log("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f auc %s | %.0fs%s" % (
+                epoch, args.epochs, train_loss, train_acc, val["loss"], val["accuracy"],
+                "n/a" if val["auc"] is None else "%.4f" % val["auc"], time.time() - started,
+                "  *best*" if improved else ""))
+            if improved:
+                best_metrics = val
+            if out_dir:
+                state = dict(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+                             epoch=epoch, history=history, best_value=stopper.best,
+                             bad_epochs=stopper.bad_epochs, best_metrics=best_metrics, args=vars(args))
+                checkpoint.save(os.path.join(out_dir, "last.pt"), model, meta, **state)
+                if improved:
+                    checkpoint.save(os.path.join(out_dir, "best.pt"), model, meta, **state)
+            stop[0] = float(stopper.should_stop)
+        if world > 1:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            if rank == 0:
+                log("early stopping: no improvement of val %s for %d epochs" % (args.monitor, args.patience))
+            break
+    return history, best_metrics

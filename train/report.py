@@ -1,0 +1,139 @@
+"""Metrics and the training report: numbers as JSON/markdown, pictures as PNG."""
+import json
+import os
+
+import numpy as np
+
+
+def compute_metrics(labels, probs, classes):
+    """Accuracy, per-class precision/recall/F1, ROC AUC and the confusion matrix.
+
+    ``labels``: int array (N,); ``probs``: float array (N, C). AUC is the binary AUC of
+    the second class for two classes (no_mask vs mask), else the macro one-vs-rest AUC.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    preds = probs.argmax(1)
+    idx = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
+    present = np.unique(labels)
+    try:
+        if len(classes) == 2:
+            auc = float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else None
+        else:
+            auc = float(roc_auc_score(labels, probs, multi_class="ovr", labels=idx))
+    except ValueError:  # a class absent from this set
+        auc = None
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((preds == labels).mean()) if len(labels) else None,
+        "auc": auc,
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                          "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion": confusion_matrix(labels, preds, labels=idx).tolist(),
+        "classes": list(classes),
+    }
+
+
+def format_metrics(m, title=""):
+    """A short human-readable block: accuracy, AUC, per-class table, confusion matrix."""
+    auc = "n/a" if m["auc"] is None else "%.4f" % m["auc"]
+    lines = ["%s n=%d accuracy=%.4f auc=%s" % (title, m["n"], m["accuracy"], auc),
+             "  %-10s %9s %9s %9s %8s" % ("class", "precision", "recall", "f1", "support")]
+    for c, v in m["per_class"].items():
+        lines.append("  %-10s %9.4f %9.4f %9.4f %8d" % (c, v["precision"], v["recall"], v["f1"], v["support"]))
+    lines.append("  confusion (rows: truth, columns: predicted) %s" % m["classes"])
+    for c, row in zip(m["classes"], m["confusion"]):
+        lines.append("  %-10s %s" % (c, " ".join("%6d" % v for v in row)))
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(m, path, title="confusion matrix"):
+    """Confusion matrix as a PNG, counts and row-normalized shading."""
+    plt = _plt()
+    cm = np.asarray(m["confusion"], dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(3.2 + len(cm) * 0.6, 2.8 + len(cm) * 0.6))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, "%d" % cm[i, j], ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cm)), m["classes"])
+    ax.set_yticks(range(len(cm)), m["classes"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(labels, probs, classes, path, title="ROC"):
+    """One-vs-rest ROC curve per class (one curve for two classes) as a PNG."""
+    from sklearn.metrics import roc_curve
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    targets = [1] if len(classes) == 2 else range(len(classes))
+    for k in targets:
+        y = (np.asarray(labels) == k).astype(int)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, np.asarray(probs)[:, k])
+            ax.plot(fpr, tpr, label=classes[k])
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(history, path):
+    """Learning curves: train/val loss and val accuracy per epoch, as a PNG."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], label="val")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(epochs, [h["train_accuracy"] for h in history], label="train")
+    b.plot(epochs, [h["val_accuracy"] for h in history], label="val")
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out_dir, results, history, extra_md=""):
+    """Write metrics.json, report.md and the pictures for every evaluated set.
+
+    ``results``: {set name: (metrics, labels, probs)}.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    md = ["# Training report", ""]
+    for name, (m, labels, probs) in results.items():
+        plot_confusion(m, os.path.join(out_dir, "confusion_%s.png" % name), "confusion: %s" % name)
+        plot_roc(labels, probs, m["classes"], os.path.join(out_dir, "roc_%s.png" % name), "ROC: %s" % name)
+        md += ["## %s" % name, "", "```", format_metrics(m, name), "```", "",
+               "![confusion](confusion_%s.png) ![roc](roc_%s.png)" % (name, name), ""]
+    if history:
+        plot_curves(history, os.path.join(out_dir, "learning_curves.png"))
+        md += ["## Learning curves", "", "![curves](learning_curves.png)", ""]
+    md.append(extra_md)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump({name: m for name, (m, _, _) in results.items()}, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
