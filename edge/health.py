@@ -52,6 +52,7 @@ class Health(object):
                        "faces": 0, "frames": 0, "errors": 0}
         self._lock = threading.Lock()
         self._last_write = None
+        self._updated = time.time()  # wall time of the last update(): a hung loop stops it
         self._fps_mark = None  # (monotonic time, frames) at the last FPS estimate
         self._write_failed = False
         self._closed = False
@@ -71,6 +72,7 @@ class Health(object):
         source_state changed. Never raises: health must not take the service down.
         """
         with self._lock:
+            self._updated = time.time()
             changed = ("source_state" in fields
                        and fields["source_state"] != self._state.get("source_state"))
             self._state.update(fields)
@@ -96,24 +98,30 @@ class Health(object):
             self._fps_mark = (now, frames)
 
     def snapshot(self):
-        """The health document: the fields plus status, age, uptime, pid and time."""
+        """The health document: the fields plus status, age, uptime, pid, updated and time.
+
+        ``updated`` is when the main loop last reported, not when this was asked: the HTTP
+        thread keeps answering while a hung loop does not.
+        """
         with self._lock:
             doc = dict(self._state)
+            doc["updated"] = self._updated
         now = time.time()
         last = doc.get("last_frame_time")
         doc["age"] = round(now - last, 3) if last else None
+        silent = now - doc["updated"] > self.stale_after
         if self._closed:
             doc["status"] = "stopped"
+        elif silent or (last is not None and doc["age"] > self.stale_after):
+            doc["status"] = "stale"
         elif last is None:
             doc["status"] = "starting"
-        elif doc["age"] > self.stale_after:
-            doc["status"] = "stale"
         else:
             doc["status"] = "ok"
         doc["stale_after"] = self.stale_after
         doc["uptime"] = round(time.monotonic() - self._started, 3)
         doc["pid"] = os.getpid()
-        doc["updated"] = now
+        doc["time"] = now
         return doc
 
     def write(self):
@@ -283,21 +291,23 @@ def read_health(where, token=None, timeout=5.0):
 
 
 def verdict(doc, max_age, now=None):
-    """(healthy, reason) for a health document: fresh frames and a live writer."""
+    """(healthy, reason) for a health document: recent frames from a loop that still reports."""
     now = time.time() if now is None else now
-    state = doc.get("source_state")
     if doc.get("status") == "stopped":
         return False, "service stopped (pid %s)" % doc.get("pid")
-    updated = doc.get("updated") or 0
-    if now - updated > max_age:
-        return False, "health not updated for %.0f s: service hung or gone" % (now - updated)
-    last = doc.get("last_frame_time")
+    problems = []
+    last, updated = doc.get("last_frame_time"), doc.get("updated")
+    if last is not None and now - last > max_age:
+        problems.append("last frame %.1f s ago (source %s)" % (now - last, doc.get("source_state")))
+    if updated is None or now - updated > max_age:
+        problems.append("service has not reported for %s s (main loop hung, or gone)"
+                        % ("?" if updated is None else "%.0f" % (now - updated)))
+    if problems:
+        return False, "; ".join(problems)
     if last is None:
-        return True, "starting (source %s)" % state
-    if now - last > max_age:
-        return False, "last frame %.1f s ago (source %s)" % (now - last, state)
+        return True, "starting (source %s)" % doc.get("source_state")
     return True, "ok: last frame %.1f s ago, %s fps, %s faces, source %s" % (
-        now - last, doc.get("fps"), doc.get("faces"), state)
+        now - last, doc.get("fps"), doc.get("faces"), doc.get("source_state"))
 
 
 def main(argv=None):

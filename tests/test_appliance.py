@@ -219,6 +219,18 @@ def test_operator_check_exit_status(tmp_path):
     assert check(path)[0] == 1 and "stopped" in check(path)[1]
 
 
+def test_verdict_tells_a_lost_camera_from_a_hung_loop():
+    now = 1000.0
+    lost = {"status": "stale", "source_state": "reconnecting", "last_frame_time": now - 40,
+            "updated": now - 0.5}
+    assert health_mod.verdict(lost, 30, now) == (
+        False, "last frame 40.0 s ago (source reconnecting)")
+    hung = dict(lost, last_frame_time=now - 35, updated=now - 35, source_state="streaming")
+    healthy, reason = health_mod.verdict(hung, 30, now)
+    assert not healthy and "has not reported for 35 s (main loop hung" in reason
+    assert health_mod.verdict(dict(lost, last_frame_time=None), 30, now)[0] is True  # starting
+
+
 # -- systemd unit, scripts, Dockerfiles ---------------------------------------------------
 
 def unit_settings():
