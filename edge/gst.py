@@ -148,18 +148,22 @@ def wait_bus(bus, timeout):
     return "eos", None
 
 
-def play(pipeline, error, timeout=10.0):
+def play(pipeline, error, timeout=10.0, wait=True):
     """Set a pipeline PLAYING and wait until it runs or fails; raise `error` on failure.
 
     Live pipelines report NO_PREROLL; a file pipeline prerolls its first buffer. An
     asynchronous failure (a missing file, a refused connection) arrives on the bus.
+    With wait=False (an appsrc pipeline cannot preroll before its first push) only an
+    immediate failure is reported.
     """
     Gst = _Gst
     bus = pipeline.get_bus()
     if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-        found = poll(bus)
+        found = poll(bus) or wait_bus(bus, 0.5)
         stop(pipeline)
         raise error("pipeline failed to start: {}".format(found[1] if found else "unknown"))
+    if not wait:
+        return None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result, _, _ = pipeline.get_state(int(0.05 * Gst.SECOND))
@@ -170,6 +174,7 @@ def play(pipeline, error, timeout=10.0):
         if result in (Gst.StateChangeReturn.SUCCESS, Gst.StateChangeReturn.NO_PREROLL):
             return found  # an EOS already (an empty file) is left for the caller
         if result == Gst.StateChangeReturn.FAILURE:
+            found = found or wait_bus(bus, 0.5)  # decodebin posts its error after the failure
             stop(pipeline)
             raise error("pipeline failed to start: {}".format(found[1] if found else "unknown"))
     stop(pipeline)

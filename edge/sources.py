@@ -18,10 +18,7 @@ import os
 import re
 import time
 
-try:
-    from urllib.parse import parse_qs, urlsplit
-except ImportError:  # pragma: no cover (Python 2 is not supported; keeps linters calm)
-    raise
+from urllib.parse import parse_qs, urlsplit
 
 from edge import gst
 from edge.errors import ConfigError, SourceError
@@ -232,6 +229,13 @@ class GstSource(Source):
         self._stop_pipeline()
         self.state = "closed"
 
+    def __del__(self):
+        # A source dropped without close() must still release its pipeline (and camera).
+        try:
+            self._stop_pipeline()
+        except Exception:
+            pass
+
 
 class ImageSource(Source):
     """Still images: one file, or a folder's images in sorted order (by file name)."""
@@ -413,8 +417,39 @@ def _test(uri, opt):
     return GstSource(uri, desc, live, opt)
 
 
+def mp4_problem(path):
+    """Why an MP4/MOV file cannot play (no index: an interrupted recording), else None.
+
+    Checked before GStreamer because decodebin can swallow qtdemux's error on such a file
+    and then neither plays nor fails until the open timeout.
+    """
+    import struct
+    size = os.path.getsize(path)
+    offset, seen = 0, []
+    with open(path, "rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            if length == 1:
+                length = struct.unpack(">Q", f.read(8))[0]
+            elif length == 0:
+                length = size - offset
+            if length < 8:
+                return "corrupt MP4 box at byte {}".format(offset)
+            seen.append(kind)
+            offset += length
+    if b"moov" not in seen and b"moof" not in seen:
+        return ("no 'moov' index: the file is truncated or its recording was interrupted "
+                "before it was finalised")
+    return None
+
+
 def _file(uri, path, opt):
     gst.require(["filesrc", "decodebin", "videoconvert", "appsink"], SourceError)
+    if path.lower().endswith((".mp4", ".mov", ".m4v")):
+        problem = mp4_problem(path)
+        if problem:
+            raise SourceError("cannot play {}: {}".format(path, problem))
     # decodebin picks the decoder: nvv4l2decoder on the Jetson, avdec_h264 elsewhere.
     desc = "filesrc name=src ! decodebin ! {} ! {}".format(_to_bgr(), _appsink(False))
     return GstSource(uri, desc, False, opt, _set("src", location=path))
