@@ -1,0 +1,254 @@
+"""edge.sources through real GStreamer pipelines, the shared video, stills and folders."""
+import logging
+import os
+import shutil
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import data_path
+from edge import gst
+from edge.errors import ConfigError, SourceError
+from edge.sinks import open_sink
+from edge.sources import open_source, redact
+
+VIDEO = ("videos", "kaggle853_test_scenes.mp4")
+
+
+def read_all(source, limit=1000):
+    frames = []
+    while source.is_streaming and len(frames) < limit:
+        frame = source.read(timeout=5.0)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_videotestsrc_delivers_every_buffer_then_ends():
+    source = open_source("test://?num-buffers=7&width=64&height=48&fps=10")
+    assert source.state == "streaming" and not source.is_live
+    frames = read_all(source)
+    assert [f.index for f in frames] == list(range(7))
+    assert all(f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert [round(f.pts, 3) for f in frames] == [round(i / 10.0, 3) for i in range(7)]
+    assert source.state == "eos" and not source.is_streaming
+    assert source.read(timeout=0.1) is None
+    source.close()
+    assert source.state == "closed"
+
+
+def test_odd_width_rows_are_unpadded():
+    # BGR rows of width 75 are padded to 4 bytes in the buffer: the stride must be honoured.
+    frames = read_all(open_source("test://?num-buffers=2&width=75&height=31&pattern=ball"))
+    assert len(frames) == 2 and frames[0].image.shape == (31, 75, 3)
+
+
+def test_shared_video_every_frame_in_order_in_bgr():
+    path = data_path(*VIDEO)
+    source = open_source("file://" + os.path.abspath(path))
+    assert not source.is_live
+    start = time.monotonic()
+    frames = read_all(source)
+    seconds = time.monotonic() - start
+    print("decoded %d frames of 1280x720 H.264 in %.2f s: %.0f frames/s"
+          % (len(frames), seconds, len(frames) / seconds))
+    assert len(frames) == 400 and source.state == "eos"
+    assert [f.index for f in frames] == list(range(400))
+    assert frames[0].image.shape == (720, 1280, 3)
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))  # every frame, in presentation order
+    # Same picture as OpenCV's own FFmpeg decoder, in the same (BGR) channel order.
+    capture = cv2.VideoCapture(path)
+    ok, reference = capture.read()
+    capture.release()
+    if not ok:
+        pytest.skip("this OpenCV build cannot decode the video to cross-check colours")
+    first = frames[0].image.astype(np.int16)
+    assert np.abs(first - reference).mean() < 3.0
+    assert np.abs(first[..., ::-1] - reference).mean() > 3 * np.abs(first - reference).mean()
+
+
+def test_still_image(shared_data):
+    folder = data_path("kaggle853", "images")
+    name = sorted(os.listdir(folder))[0]
+    source = open_source(os.path.join(folder, name))
+    frames = read_all(source)
+    assert len(frames) == 1 and frames[0].name == name and source.state == "eos"
+    assert np.array_equal(frames[0].image, cv2.imread(os.path.join(folder, name)))
+
+
+def test_folder_sorted_and_broken_image_skipped(tmp_path, caplog):
+    folder = data_path("kaggle853", "images")
+    names = sorted(os.listdir(folder))[:3]
+    for name in names:
+        shutil.copy(os.path.join(folder, name), str(tmp_path / name))
+    (tmp_path / "0_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="edge.sources"):
+        source = open_source(str(tmp_path))
+        frames = read_all(source)
+    assert [f.name for f in frames] == names
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert source.skipped == 1 and source.state == "eos"
+    assert "0_broken.jpg" in caplog.text
+
+
+def test_empty_folder_and_undecodable_image(tmp_path):
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(str(tmp_path))
+    broken = tmp_path / "x.png"
+    broken.write_bytes(b"garbage")
+    with pytest.raises(SourceError, match="cannot decode image"):
+        open_source(str(broken))
+
+
+def test_missing_file_unknown_scheme_unknown_option(tmp_path):
+    with pytest.raises(SourceError, match="no such file: .*nothere.mp4"):
+        open_source(str(tmp_path / "nothere.mp4"))
+    with pytest.raises(SourceError, match="unknown input scheme.*csi://"):
+        open_source("ftp://example.com/video.mp4")
+    with pytest.raises(ConfigError, match="unknown source option.*latency_sec"):
+        open_source("test://", latency_sec=3)
+
+
+def test_missing_element_names_it_and_its_package():
+    with pytest.raises(SourceError, match="'nosuchelement' is not installed"):
+        gst.launch("videotestsrc ! nosuchelement ! fakesink", SourceError)
+    assert "gstreamer1.0-plugins-ugly" in gst.missing_message("x264enc")
+    assert "gstreamer1.0-libav" in gst.missing_message("avdec_h264")
+    if gst.has_element("nvarguscamerasrc"):
+        pytest.skip("on a Jetson: nvarguscamerasrc is installed")
+    with pytest.raises(SourceError, match="nvarguscamerasrc.*nvidia-l4t-gstreamer"):
+        open_source("csi://0")
+
+
+def test_garbage_and_interrupted_recordings_fail_clearly(tmp_path):
+    data = open(data_path(*VIDEO), "rb").read()
+    garbage = tmp_path / "garbage.mkv"
+    garbage.write_bytes(os.urandom(50000))
+    with pytest.raises(SourceError, match="Could not determine type"):
+        open_source(str(garbage))
+    # The shared file keeps its index (moov) at the end, like a recording cut short.
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(SourceError, match="truncated"):
+        open_source(str(cut))
+
+
+def test_truncated_streamable_video_gives_its_frames_then_ends(tmp_path, caplog):
+    # Remux (no re-encode) to Matroska, which needs no index, then cut it in half.
+    whole = str(tmp_path / "whole.mkv")
+    pipeline = gst.launch("filesrc name=src ! qtdemux ! h264parse ! matroskamux ! "
+                          "filesink name=out", SourceError)
+    pipeline.get_by_name("src").set_property("location", data_path(*VIDEO))
+    pipeline.get_by_name("out").set_property("location", whole)
+    gst.play(pipeline, SourceError, wait=False)
+    assert gst.wait_bus(pipeline.get_bus(), 20.0) == ("eos", None)
+    gst.stop(pipeline)
+    data = open(whole, "rb").read()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:len(data) // 4])
+    with caplog.at_level(logging.INFO, logger="edge.sources"):
+        source = open_source(str(cut))
+        frames = read_all(source)
+    assert 50 < len(frames) < 400 and source.state == "eos"
+    assert "after %d frames" % len(frames) in caplog.text
+
+
+def test_absent_camera_fails_at_start_or_waits_when_asked():
+    with pytest.raises(SourceError, match="/dev/video99 is absent"):
+        open_source("/dev/video99")
+    with pytest.raises(SourceError, match="/dev/video99 is absent"):
+        open_source("v4l2:///dev/video99")
+    # retry_open=True: the service starts and waits for the camera (state says so).
+    source = open_source("/dev/video99", retry_open=True, backoff=0.05)
+    assert source.is_live and source.state == "reconnecting" and source.is_streaming
+    assert source.read(timeout=0.3) is None
+    assert source.state == "reconnecting"
+    source.close()
+
+
+def test_live_source_keeps_only_the_newest_frame():
+    source = open_source("test://?is-live=true&fps=30&width=64&height=48")
+    assert source.is_live
+    first = source.read(timeout=2.0)
+    time.sleep(0.6)  # a slow consumer: about 18 frames are produced meanwhile
+    later = source.read(timeout=2.0)
+    source.close()
+    assert first is not None and later is not None
+    assert later.index == first.index + 1
+    assert later.pts - first.pts > 0.4  # the stale frames were dropped, not queued
+
+
+def test_loop_option_restarts_a_file(tmp_path):
+    path = str(tmp_path / "five.mkv")
+    sink = open_sink(path, fps=10)
+    for frame in read_all(open_source("test://?num-buffers=5&width=64&height=48")):
+        sink.write(frame.image)
+    sink.close()
+    source = open_source(path, loop=True)
+    frames = [source.read(timeout=5.0) for _ in range(12)]
+    source.close()
+    assert all(f is not None for f in frames)
+    assert [f.index for f in frames] == list(range(12))
+
+
+class Feeder(object):
+    """Writes a moving pattern into a sink from a thread, like the service's loop."""
+
+    def __init__(self, sink):
+        self.sink, self.running = sink, True
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        while self.running:
+            self.sink.write(np.full((96, 128, 3), (i * 7) % 256, np.uint8))
+            i += 1
+            time.sleep(0.02)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        self.sink.close()
+
+
+def read_until(source, predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        frame = source.read(timeout=0.2)
+        if predicate(frame):
+            return frame
+    return None
+
+
+def test_rtsp_source_that_stops_and_comes_back(caplog):
+    """An RTSP server restart: the source goes reconnecting, then streams again."""
+    feeder = Feeder(open_sink("rtsp://@:0/cam"))
+    uri = "rtsp://127.0.0.1:%d/cam" % feeder.sink.port
+    caplog.set_level(logging.INFO, logger="edge.sources")
+    source = open_source(uri, latency=0, backoff=0.1, backoff_max=0.5)
+    try:
+        assert source.is_live
+        first = read_until(source, lambda f: f is not None, 10)
+        assert first is not None and first.image.shape == (96, 128, 3)
+        feeder.stop()  # the server goes away
+        read_until(source, lambda f: source.state == "reconnecting", 10)
+        assert source.state == "reconnecting" and source.is_streaming
+        feeder = Feeder(open_sink("rtsp://@:%d/cam" % feeder.sink.port))
+        back = read_until(source, lambda f: f is not None, 15)
+        assert back is not None and back.index > first.index
+        assert source.state == "streaming"
+        assert "reconnecting to" in caplog.text and "recovered after" in caplog.text
+    finally:
+        source.close()
+        feeder.stop()
+
+
+def test_redact_hides_passwords():
+    assert redact("rtsp://admin:secret@10.0.0.2:554/s") == "rtsp://admin:***@10.0.0.2:554/s"
+    assert redact("rtsp://10.0.0.2/s") == "rtsp://10.0.0.2/s"
