@@ -23,6 +23,8 @@ VENV_PY="$PREFIX/.venv/bin/python"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 docker=0
 start=1
+# numpy's OpenBLAS misdetects the Nano's Cortex-A57 ("Illegal instruction"); the unit sets it too.
+export OPENBLAS_CORETYPE=ARMV8
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
