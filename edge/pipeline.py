@@ -1,0 +1,323 @@
+"""The per-frame work: detect -> crop -> classify -> track/vote -> overlay -> sinks + events.
+
+Two layers, so that measurement runs the service's own code:
+- ``FaceAnalyzer``: one frame in, every face detected and classified (no state). Used by
+  ``python -m edge.evaluate``, ``edge-bench`` and still-photo mode.
+- ``Pipeline``: the video service. Adds the tracker (detection every ``detect_every``
+  frames, classification of a face when it appears and then every ``classify_every``
+  frames, all due faces of a frame in one batch), overlay, sinks, events and health.
+  A frame that raises is logged (rate-limited), counted and skipped.
+``StageTimer`` records each stage's latency for the bench and the end-of-run log.
+"""
+import collections
+import contextlib
+import logging
+import time
+
+import numpy as np
+
+from edge import overlay
+from edge.events import Face, count_labels
+from edge.preprocess import crops_to_batch
+from edge.track import Tracker
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write")
+
+
+class StageTimer(object):
+    """Latencies per stage in seconds (the last ``keep`` of each, so memory stays bounded)."""
+
+    def __init__(self, keep=5000):
+        self.samples = collections.OrderedDict((s, collections.deque(maxlen=keep)) for s in STAGES)
+        self.totals = dict((s, 0.0) for s in STAGES)
+        self.counts = dict((s, 0) for s in STAGES)
+
+    def add(self, stage, seconds):
+        """Record one measurement of ``stage``."""
+        if stage not in self.samples:
+            self.samples[stage] = collections.deque(maxlen=self.samples["capture"].maxlen)
+            self.totals[stage], self.counts[stage] = 0.0, 0
+        self.samples[stage].append(seconds)
+        self.totals[stage] += seconds
+        self.counts[stage] += 1
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        """``with timer.stage("detect"): ...`` records the block's wall time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def summary(self):
+        """{stage: {count, mean_ms, p50_ms, p95_ms, p99_ms}} for stages that ran."""
+        out = collections.OrderedDict()
+        for stage, values in self.samples.items():
+            if not values:
+                continue
+            ms = np.asarray(values, np.float64) * 1000.0
+            p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+            out[stage] = {"count": self.counts[stage],
+                          "mean_ms": round(1000.0 * self.totals[stage] / self.counts[stage], 3),
+                          "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3)}
+        return out
+
+    def reset(self):
+        """Forget every measurement (after a warm-up)."""
+        for stage in list(self.samples):
+            self.samples[stage].clear()
+            self.totals[stage], self.counts[stage] = 0.0, 0
+
+
+class FaceAnalyzer(object):
+    """Detection + classification of one frame, the unit evaluate and bench reuse.
+
+    detector: ``edge.detect`` Detector; classifier: ``edge.classify`` Classifier;
+    max_batch: largest batch per ``predict`` call (1 = one face at a time).
+    """
+
+    def __init__(self, detector, classifier, max_batch=None, timer=None):
+        self.detector, self.classifier = detector, classifier
+        limit = getattr(classifier, "max_batch", None)
+        sizes = [b for b in (max_batch, limit) if b]
+        self.max_batch = min(sizes) if sizes else 64
+        self.classes = list(classifier.classes)
+        self.timer = timer if timer is not None else StageTimer()
+        self.classified = 0      # faces classified
+        self.predict_calls = 0   # classifier calls (batches)
+
+    def detect(self, image):
+        """(boxes float32 Nx4 xyxy, scores float32 N) of the faces in a BGR frame."""
+        with self.timer.stage("detect"):
+            boxes, scores = self.detector.detect(image)
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
+
+    def classify(self, image, boxes, max_batch=None):
+        """Class probabilities per box: a list of (C,) arrays, None where the crop was empty.
+
+        Crops are made and classified in batches of ``max_batch`` (default: the
+        analyzer's); 1 reproduces the one-face-at-a-time way of typical mask detectors.
+        """
+        batch_size = max_batch or self.max_batch
+        results = [None] * len(boxes)
+        for start in range(0, len(boxes), batch_size):
+            chunk = boxes[start:start + batch_size]
+            with self.timer.stage("preprocess"):
+                batch, kept = crops_to_batch(image, chunk, self.classifier.meta)
+            if not kept:
+                continue
+            with self.timer.stage("classify"):
+                probs = self.classifier.predict(batch)
+            self.predict_calls += 1
+            self.classified += len(kept)
+            for row, index in enumerate(kept):
+                results[start + index] = np.asarray(probs[row], np.float32)
+        return results
+
+    def label(self, probs):
+        """(label, score) of one probability vector."""
+        best = int(np.argmax(probs))
+        return self.classes[best], float(probs[best])
+
+    def analyze(self, image, max_batch=None):
+        """Every face of one frame, detected and classified: a list of ``Face`` (no track)."""
+        boxes, scores = self.detect(image)
+        faces = []
+        for box, score, probs in zip(boxes, scores, self.classify(image, boxes, max_batch)):
+            face = Face(box, float(score), probs)
+            if probs is not None:
+                face.label, face.score = self.label(probs)
+            faces.append(face)
+        return faces
+
+
+class Pipeline(object):
+    """The video loop's per-frame logic and its outputs (see the module docstring).
+
+    baseline: classify every face on every frame one at a time, no interval, no voting
+    (the speed reference); sinks: objects with ``write(image)``; events: an
+    ``EventWriter`` or None; health: an object with ``update(**fields)`` or None;
+    saver: a ``FaceSaver`` (save_faces) or None.
+    """
+
+    def __init__(self, analyzer, tracker=None, detect_every=1, classify_every=1, baseline=False,
+                 draw=True, blur=False, sinks=(), events=None, health=None, saver=None):
+        self.analyzer, self.baseline = analyzer, baseline
+        self.timer = analyzer.timer
+        if baseline:
+            detect_every, classify_every, tracker = 1, 1, Tracker(vote=1)
+        self.tracker = tracker if tracker is not None else Tracker()
+        self.detect_every, self.classify_every = int(detect_every), int(classify_every)
+        self.draw, self.blur = draw, blur
+        self.sinks, self.events, self.health, self.saver = list(sinks), events, health, saver
+        self.frames = 0           # frames processed (bad ones included)
+        self.errors = 0           # frames that raised
+        self.faces_seen = 0       # sum over frames of faces reported
+        self.fps = 0.0            # smoothed, for the HUD and health
+        self._last_time = None
+        self._last_error_log = None
+        self._errors_unlogged = 0
+
+    def process(self, image, index=None, pts=None):
+        """Analyze one BGR frame, update tracks, draw and write it; returns its faces."""
+        n = self.frames
+        self.frames += 1
+        self._tick()
+        if n % self.detect_every == 0:
+            boxes, scores = self.analyzer.detect(image)
+            with self.timer.stage("track"):
+                tracks = self.tracker.update(boxes, scores)
+                due = [t for t in tracks if t.needs_classification(n, self.classify_every)]
+            if due:
+                batch = 1 if self.baseline else None
+                probs = self.analyzer.classify(image, [t.box for t in due], batch)
+                for track, p in zip(due, probs):
+                    if p is not None:
+                        track.add_probs(p, self.analyzer.classes, n)
+                        if self.saver is not None:
+                            self.saver.save(image, self._face(track), n if index is None else index)
+        else:
+            with self.timer.stage("track"):
+                tracks = self.tracker.visible()
+        faces = [self._face(t) for t in tracks]
+        self.faces_seen += len(faces)
+        counts = count_labels(faces)
+        if self.sinks:
+            with self.timer.stage("draw"):
+                shown = overlay.draw(image, faces, self.fps, counts, blur=self.blur, boxes=self.draw)
+            with self.timer.stage("write"):
+                for sink in self.sinks:
+                    sink.write(shown)
+        if self.events is not None:
+            self.events.write(n if index is None else index, faces,
+                              {"pts": round(pts, 3)} if pts is not None else None)
+        return faces
+
+    def step(self, image, index=None, pts=None):
+        """``process`` that never raises: a bad frame is logged (rate-limited) and counted."""
+        try:
+            return self.process(image, index, pts)
+        except Exception:  # noqa: one bad frame must not stop a camera that runs for months
+            self.errors += 1
+            self._log_error()
+            return None
+
+    def _face(self, track):
+        return Face(track.box, track.det_score, track.probs, track.label, track.score, track.id)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self._last_time is not None:
+            dt = max(now - self._last_time, 1e-6)
+            # An exponential average: steady on screen, follows a change within ~1 s.
+            self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+        self._last_time = now
+
+    def _log_error(self):
+        now = time.monotonic()
+        if self._last_error_log is not None and now - self._last_error_log < 10.0:
+            self._errors_unlogged += 1
+            return
+        more = " (%d more since the last report)" % self._errors_unlogged if self._errors_unlogged else ""
+        log.exception("frame %d skipped after an error%s", self.frames - 1, more)
+        self._last_error_log, self._errors_unlogged = now, 0
+
+    def close(self):
+        """Flush and close the events and every sink (the video plays to its last frame)."""
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # noqa: close the others whatever one of them does
+                log.exception("closing output %r failed", sink)
+        if self.events is not None:
+            self.events.close()
+
+
+def run(pipeline, source, should_stop=None, max_frames=0, heartbeat=None, read_timeout=0.5,
+        pending=()):
+    """Read ``source`` through ``pipeline`` until it ends, ``should_stop()`` or ``max_frames``.
+
+    ``pending``: frames already read (to measure the input's rate) that go through first.
+    Returns a summary dict (frames, errors, seconds, fps, faces_per_frame, stages). The
+    caller closes the source and the pipeline. ``heartbeat.beat()`` (systemd watchdog)
+    runs on every iteration, frame or not, so a stalled camera is not a hung service.
+    """
+    should_stop = should_stop or (lambda: False)
+    timer, health = pipeline.timer, pipeline.health
+    start = time.perf_counter()
+    state = None
+    pending = list(pending)
+    while not should_stop():
+        t0 = time.perf_counter()
+        frame = pending.pop(0) if pending else source.read(timeout=read_timeout)
+        if heartbeat is not None:
+            heartbeat.beat()
+        if frame is None:
+            if not source.is_streaming:
+                break
+            if health is not None and source.state != state:
+                state = source.state
+                health.update(source_state=state)
+            continue
+        timer.add("capture", time.perf_counter() - t0)
+        faces = pipeline.step(frame.image, frame.index, frame.pts)
+        if health is not None:
+            state = source.state
+            health.update(last_frame_time=time.time(), fps=round(pipeline.fps, 2),
+                          source_state=state, faces=len(faces or ()),
+                          frames=pipeline.frames, errors=pipeline.errors)
+        if max_frames and pipeline.frames >= max_frames:
+            break
+    return summary(pipeline, time.perf_counter() - start)
+
+
+def summary(pipeline, seconds):
+    """What a run did, for the log, the bench and the tests."""
+    frames = pipeline.frames
+    return {
+        "frames": frames,
+        "errors": pipeline.errors,
+        "seconds": round(seconds, 3),
+        "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
+        "faces_per_frame": round(pipeline.faces_seen / float(frames), 2) if frames else 0.0,
+        "classified": pipeline.analyzer.classified,
+        "predict_calls": pipeline.analyzer.predict_calls,
+        "stages": pipeline.timer.summary(),
+    }
+
+
+def build_analyzer(config, timer=None):
+    """Load the detector and classifier named in ``config`` into a FaceAnalyzer.
+
+    Raises ModelError / ConfigError (from the inference modules) with what to do.
+    """
+    from edge.classify import load_classifier
+    from edge.config import resolve_path
+    from edge.detect import create_detector
+
+    det = config["detector"]
+    clf = config["classifier"]
+    options = {}
+    if det.get("input_size") is not None:
+        options["input_size"] = det["input_size"]
+    detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"] or "models/detectors"),
+                               confidence=det["confidence"], min_size=det["min_size"],
+                               nms_iou=det["nms_iou"], **options)
+    classifier = load_classifier(resolve_path(clf["model"]), backend=clf["backend"],
+                                 max_batch=clf["max_batch"], engine_cache=clf["engine_cache"])
+    return FaceAnalyzer(detector, classifier, max_batch=1 if config["baseline"] else clf["max_batch"],
+                        timer=timer)
+
+
+def build_pipeline(config, analyzer, sinks=(), events=None, health=None, saver=None):
+    """A Pipeline with the tracker, intervals and overlay settings of ``config``."""
+    trk = config["tracker"]
+    tracker = Tracker(iou=trk["iou"], max_age=trk["max_age"], min_hits=trk["min_hits"],
+                      vote=trk["vote"])
+    return Pipeline(analyzer, tracker, detect_every=config["detector"]["every"],
+                    classify_every=config["classifier"]["every"], baseline=config["baseline"],
+                    draw=config["overlay"]["enabled"], blur=config["overlay"]["blur_faces"],
+                    sinks=sinks, events=events, health=health, saver=saver)
