@@ -132,8 +132,7 @@ class AppSrcSink(Sink):
             self._appsrc.emit("end-of-stream")
             found = gst.wait_bus(self._bus, 30.0)
             if found is None or found[0] == "error":
-                log.error("output %s did not finish cleanly: %s", self.uri,
-                          found[1] if found else "no end of stream within 30 s")
+                self._fail(found[1] if found else "no end of stream within 30 s")
         self._shutdown()
 
     def _shutdown(self):
@@ -226,6 +225,8 @@ class RtspSink(Sink):
         log.info("RTSP output at %s (mounted on the first frame)", self.url)
 
     def _write(self, image):
+        if self._loop is None:
+            return  # closed
         if self._level_max == 0:
             self._mount(image.shape[0], image.shape[1])
         with self._lock:

@@ -164,6 +164,8 @@ def test_absent_camera_fails_at_start_or_waits_when_asked():
     with pytest.raises(SourceError, match="/dev/video99 is absent"):
         open_source("v4l2:///dev/video99")
     # retry_open=True: the service starts and waits for the camera (state says so).
+    with pytest.raises(SourceError, match="cannot open rtsp://127.0.0.1:1/x"):
+        open_source("rtsp://127.0.0.1:1/x")  # nothing listens there: refused at start
     source = open_source("/dev/video99", retry_open=True, backoff=0.05)
     assert source.is_live and source.state == "reconnecting" and source.is_streaming
     assert source.read(timeout=0.3) is None
