@@ -155,7 +155,7 @@ class GstSource(Source):
         try:
             self._start()
         except SourceError as exc:
-            log.warning("reconnect to %s failed: %s; next attempt in %.1f s",
+            log.warning("reconnect to %s failed: %s; next attempt in %.2f s",
                         redact(self.uri), exc, self._delay)
             self._schedule_retry()
 
@@ -164,7 +164,7 @@ class GstSource(Source):
         self._pending = None
         what = "end of stream" if kind == "eos" else "error: {}".format(text)
         if self.is_live and self._opt["reconnect"]:
-            log.warning("%s stopped (%s); reconnecting in %.1f s", redact(self.uri), what,
+            log.warning("%s stopped (%s); reconnecting in %.2f s", redact(self.uri), what,
                         self._delay)
             self._schedule_retry()
         elif self._opt["loop"] and kind == "eos" and self._index > 0:

@@ -1,6 +1,7 @@
 """edge.sources through real GStreamer pipelines, the shared video, stills and folders."""
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -158,7 +159,7 @@ def test_truncated_streamable_video_gives_its_frames_then_ends(tmp_path, caplog)
     assert "after %d frames" % len(frames) in caplog.text
 
 
-def test_absent_camera_fails_at_start_or_waits_when_asked():
+def test_absent_camera_fails_at_start_or_waits_when_asked(caplog):
     with pytest.raises(SourceError, match="/dev/video99 is absent"):
         open_source("/dev/video99")
     with pytest.raises(SourceError, match="/dev/video99 is absent"):
@@ -166,11 +167,16 @@ def test_absent_camera_fails_at_start_or_waits_when_asked():
     # retry_open=True: the service starts and waits for the camera (state says so).
     with pytest.raises(SourceError, match="cannot open rtsp://127.0.0.1:1/x"):
         open_source("rtsp://127.0.0.1:1/x")  # nothing listens there: refused at start
-    source = open_source("/dev/video99", retry_open=True, backoff=0.05)
-    assert source.is_live and source.state == "reconnecting" and source.is_streaming
-    assert source.read(timeout=0.3) is None
-    assert source.state == "reconnecting"
-    source.close()
+    with caplog.at_level(logging.INFO, logger="edge.sources"):
+        source = open_source("/dev/video99", retry_open=True, backoff=0.05, backoff_max=0.2)
+        assert source.is_live and source.state == "reconnecting" and source.is_streaming
+        assert source.read(timeout=0.6) is None
+        assert source.state == "reconnecting"
+        source.close()
+    # Exponential back-off, capped: 0.05 -> 0.1 -> 0.2 -> 0.2 s, each attempt logged.
+    waits = re.findall(r"next attempt in ([0-9.]+) s", caplog.text)
+    assert waits[:3] == ["0.10", "0.20", "0.20"], caplog.text
+    assert "(attempt 3)" in caplog.text
 
 
 def test_live_source_keeps_only_the_newest_frame():
@@ -254,3 +260,34 @@ def test_rtsp_source_that_stops_and_comes_back(caplog):
 def test_redact_hides_passwords():
     assert redact("rtsp://admin:secret@10.0.0.2:554/s") == "rtsp://admin:***@10.0.0.2:554/s"
     assert redact("rtsp://10.0.0.2/s") == "rtsp://10.0.0.2/s"
+
+
+def test_live_source_that_ends_is_reopened(caplog):
+    """A live pipeline that ends (EOS) goes reconnecting, then streams again."""
+    caplog.set_level(logging.INFO, logger="edge.sources")
+    source = open_source("test://?is-live=true&num-buffers=3&fps=30&width=32&height=24",
+                         backoff=0.05)
+    states = set()
+    frames = []
+    deadline = time.monotonic() + 10
+    while len(frames) < 8 and time.monotonic() < deadline:
+        frame = source.read(timeout=0.01)  # shorter than the back-off: None meanwhile
+        states.add(source.state)
+        if frame is not None:
+            frames.append(frame)
+    source.close()
+    assert len(frames) == 8 and [f.index for f in frames] == list(range(8))
+    assert "reconnecting" in states
+    assert "end of stream" in caplog.text and "recovered after 1 attempt" in caplog.text
+
+
+def test_stalled_live_source_is_reopened(caplog):
+    """No frame for stall_timeout counts as a drop (a hung camera, a silent stream)."""
+    caplog.set_level(logging.WARNING, logger="edge.sources")
+    source = open_source("test://?is-live=true&fps=1&width=32&height=24",
+                         stall_timeout=0.3, backoff=0.05)
+    first = source.read(timeout=2.0)
+    second = source.read(timeout=2.0)  # the next frame is 1 s away: stall, reopen, frame
+    source.close()
+    assert first is not None and second is not None
+    assert "no frame for" in caplog.text
