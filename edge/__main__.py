@@ -159,9 +159,12 @@ def serve(config, stopper):
                  ",".join(analyzer.classes))
         source = open_source(config["input"], **config["source"])
         health = _open_health(config)
-        first = _first_frames(source, stopper, 2)
         out = config["output"]
-        fps = out["fps"] or _fps_from(first)
+        # A file's rate comes from its first two timestamps (read now, processed first);
+        # a live source is never waited on here: a camera absent at boot must not hold
+        # READY back, and its rate is the one asked of it.
+        first = [] if source.is_live or out["fps"] else _first_frames(source, stopper, 2)
+        fps = out["fps"] or (config["source"]["fps"] if source.is_live else _fps_from(first))
         sinks = open_sinks(output_uris(config), fps, bitrate=out["bitrate"],
                            quality=out["quality"], token=out["token"])
         ev = config["events"]

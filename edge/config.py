@@ -119,6 +119,8 @@ SCHEMA = [
       minimum=32, nullable=True),
     S("detector.nms_iou", "float", "--nms-iou", "NMS IoU", minimum=0.0, maximum=1.0),
     S("detector.every", "int", "--detect-every", "detect every N frames", minimum=1),
+    S("detector.scene_cut", "float", "--scene-cut", "picture change that forces a detection",
+      minimum=0.0, maximum=255.0),
     S("detector.models_dir", "str", "--models-dir", "detector files folder", nullable=True),
     S("classifier.model", "str", "--model", "classifier ONNX model"),
     S("classifier.backend", "str", "--backend", "inference backend", choices=BACKENDS),

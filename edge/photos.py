@@ -15,6 +15,7 @@ import sys
 import cv2
 
 from edge import overlay
+from edge.errors import ConfigError
 from edge.events import FaceSaver, count_labels
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ def run(config, should_stop=None):
 
     analyzer = build_analyzer(dict(config, baseline=False))
     folder = output_folder(config)
+    inputs = config["input"][len("file://"):] if config["input"].startswith("file://") else config["input"]
+    if folder and os.path.isdir(inputs) and os.path.realpath(folder) == os.path.realpath(inputs):
+        raise ConfigError("still-photo output folder %s is the input folder: the annotated "
+                          "copies would overwrite the photos; name another folder" % folder)
     if folder and not os.path.isdir(folder):
         os.makedirs(folder)
     saver = FaceSaver(config["events"]["faces_dir"]) if config["events"]["save_faces"] else None

@@ -94,6 +94,8 @@ class Tracker(object):
         matched = {}
         for r, c in greedy_match(ious, self.iou):
             matched[c] = self.all[r]
+        for track in self.all:
+            track.missed += 1  # undone below for the matched ones
         seen = []
         for c in range(len(boxes)):
             track = matched.get(c)
@@ -105,10 +107,8 @@ class Tracker(object):
                 track.box = boxes[c]
                 track.det_score = float(scores[c])
                 track.hits += 1
-                track.missed = -1  # reset to 0 below with every other track's tick
+                track.missed = 0
             seen.append(track)
-        for track in self.all:
-            track.missed += 1
         self.all = [t for t in self.all if t.missed <= self.max_age]
         return [t for t in seen if t.hits >= self.min_hits]
 

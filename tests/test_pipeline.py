@@ -122,7 +122,7 @@ def test_analyzer_classifies_all_faces_of_a_frame_in_one_batch(analyzer_factory,
 def test_pipeline_writes_video_and_events(analyzer_factory, frames, tmp_path):
     from edge.sinks import open_sinks
     from edge.sources import open_source
-    config = cfg.load(overrides={"detector.every": 2, "classifier.every": 5})
+    config = cfg.load(overrides={"detector.every": 2, "classifier.every": 5, "detector.scene_cut": 0})
     analyzer = analyzer_factory()
     video, events_path = str(tmp_path / "out.mp4"), str(tmp_path / "events.jsonl")
     pipeline = pl.build_pipeline(config, analyzer, open_sinks([video], 10),
@@ -147,6 +147,22 @@ def test_pipeline_writes_video_and_events(analyzer_factory, frames, tmp_path):
     while check.is_streaming:
         decoded += check.read(timeout=2.0) is not None
     assert decoded == 30
+
+
+def test_scene_cut_detects_at_once_with_new_tracks(analyzer_factory, frames, tmp_path):
+    # The video holds each scene for 10 frames: cuts at frames 10 and 20.
+    config = cfg.load(overrides={"detector.every": 100})
+    events_path = str(tmp_path / "events.jsonl")
+    pipeline = pl.build_pipeline(config, analyzer_factory(), events=EventWriter(events_path))
+    result = pl.run(pipeline, ListSource(frames))
+    pipeline.close()
+    assert pipeline.cuts == 2 and result["stages"]["detect"]["count"] == 3
+    lines = [json.loads(line) for line in open(events_path)]
+    tracks = [set(f["track"] for f in line["faces"]) for line in lines]
+    assert tracks[0] and tracks[10], "faces shown on the first frame of a scene"
+    for start in (0, 10, 20):  # carried unchanged through the scene
+        assert all(t == tracks[start] for t in tracks[start:start + 10])
+    assert not tracks[0] & tracks[10] and not tracks[10] & tracks[20]
 
 
 def test_one_bad_frame_does_not_stop_the_run(analyzer_factory, frames, tmp_path):

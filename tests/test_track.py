@@ -24,6 +24,7 @@ def test_identities_survive_motion_and_a_missed_detection():
     tracker = Tracker(iou=0.3, max_age=2)
     first = [t.id for t in tracker.update(boxes_at(0), np.ones(3))]
     assert first == [1, 2, 3]
+    assert [t.id for t in tracker.visible()] == first  # new tracks are visible at once
     for shift in (4, 8, 12):
         assert [t.id for t in tracker.update(boxes_at(shift), np.ones(3))] == first
     # Face 2 is missed for one detector run (occlusion), then comes back with its id.
