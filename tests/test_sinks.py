@@ -65,7 +65,7 @@ def test_file_round_trip_of_the_shared_video(tmp_path):
 
 
 def test_a_frame_of_another_size_is_resized(tmp_path):
-    path = str(tmp_path / "mixed.mkv")
+    path = str(tmp_path / 'a "quoted" name !.mkv')  # paths are never parsed as pipeline text
     sink = open_sink(path, fps=5)
     sink.write(np.zeros((48, 64, 3), np.uint8))
     sink.write(np.zeros((100, 30, 3), np.uint8))
