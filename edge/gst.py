@@ -117,10 +117,11 @@ def describe(message):
     return text
 
 
-def poll(bus):
+def poll(bus, warnings=None):
     """Drain a bus without blocking: ("error", text), ("eos", None) or None.
 
-    Warnings are logged and otherwise ignored; the first error or EOS wins.
+    Warnings (a decoder concealing corrupt data) are logged at debug level and appended
+    to the `warnings` list when one is given; the first error or EOS wins.
     """
     Gst = _Gst
     kinds = Gst.MessageType.ERROR | Gst.MessageType.EOS | Gst.MessageType.WARNING
@@ -129,7 +130,10 @@ def poll(bus):
         if message is None:
             return None
         if message.type == Gst.MessageType.WARNING:
-            log.debug("GStreamer warning: %s", describe(message))
+            text = describe(message)
+            log.debug("GStreamer warning: %s", text)
+            if warnings is not None and len(warnings) < 100:  # bounded: a service runs for months
+                warnings.append(text)
         elif message.type == Gst.MessageType.ERROR:
             return "error", describe(message)
         else:

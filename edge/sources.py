@@ -36,7 +36,7 @@ DEFAULTS = {
     "reconnect": True,                             # live sources reopen when they drop
     "backoff": 0.5, "backoff_max": 30.0,           # seconds, doubling between attempts
     "open_timeout": 10.0,                          # seconds for a pipeline to start
-    "stall_timeout": 10.0,                         # live: no frame this long = dropped
+    "stall_timeout": 10.0,                         # no frame this long = dropped/stuck
     "retry_open": False,                           # live: absent at start -> keep trying
     "loop": False,                                 # files: start again at the end (soak)
 }
@@ -111,6 +111,7 @@ class GstSource(Source):
         self._pipeline = self._appsink = self._bus = None
         self._index = 0
         self._pending = None      # a stop seen on the bus while a frame was still queued
+        self.warnings = []        # GStreamer warnings (corrupt data concealed), newest last
         self._delay = options["backoff"]
         self._next_attempt = 0.0
         self._attempts = 0
@@ -171,6 +172,9 @@ class GstSource(Source):
             self._stop_pipeline()
             self._start()
         else:
+            if self.warnings:
+                log.warning("%s: %d decoding warning(s) (corrupt data?), the first: %s",
+                            redact(self.uri), len(self.warnings), self.warnings[0])
             if kind == "error":
                 log.error("%s: decoding stopped after %d frames (%s); ending the stream",
                           redact(self.uri), self._index, text)
@@ -197,10 +201,12 @@ class GstSource(Source):
             sample = self._appsink.try_pull_sample(int(wait * gst.init().SECOND))
             if sample is not None:
                 return self._frame(sample)
-            found = self._pending or gst.poll(self._bus)
-            if found is None and self.is_live and \
+            found = self._pending or gst.poll(self._bus, self.warnings)
+            # A live source that went silent has dropped; a file that went silent is
+            # stuck on bad data: either way no frame for stall_timeout is a stop, not a hang.
+            if found is None and \
                     time.monotonic() - self._last_frame > self._opt["stall_timeout"]:
-                found = ("error", "no frame for {:.0f} s".format(self._opt["stall_timeout"]))
+                found = ("error", "no frame for {:g} s".format(self._opt["stall_timeout"]))
             if found is not None:
                 sample = self._appsink.try_pull_sample(0)  # one may have raced the message
                 if sample is not None:
