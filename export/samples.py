@@ -106,3 +106,13 @@ def verification_images(folder=None, limit=48, margin=0.15):
         raise FileNotFoundError("no verification images: %s is absent; pass --verify FOLDER "
                                 "(a folder of face images)" % root)
     return images
+
+
+def device_batch(images, meta):
+    """``(name, rgb)`` pairs -> the float32 NCHW batch the device feeds the model (edge.preprocess)."""
+    import numpy as np
+    from edge.preprocess import letterbox
+    mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
+    rows = [((letterbox(rgb, meta["input_size"], meta["mean"]).astype(np.float32) / 255.0 - mean) / std)
+            .transpose(2, 0, 1) for _, rgb in images]
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)

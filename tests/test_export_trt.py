@@ -1,0 +1,287 @@
+"""export.trt and the TensorRT backend: what runs without TensorRT here, and the real thing where it exists.
+
+TensorRT cannot be installed on the machines that build and test this project (its PyPI
+packages fetch the libraries from NVIDIA's own index at install time), so the tests that
+need an engine skip with that reason; the cache key, the sidecar, the error messages, the
+argument checks, the 8.2/10 dispatch and Python 3.6 compatibility are tested everywhere.
+"""
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge import trt_compat
+from edge.errors import ModelError
+from edge.trt_backend import (TrtClassifier, check_sidecar, read_sidecar, sidecar_path, write_sidecar)
+from export import trt as export_trt
+from export.onnx_meta import MetadataError
+from export.trt import cache_key, cached_engine_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+META = {"format": "maskgate-model/1", "arch": "mobilenet_v2", "classes": ["mask", "no_mask"],
+        "input_size": [64, 64], "resize": "letterbox", "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225], "crop_margin": 0.15, "color": "RGB"}
+SHA = "ab" * 32
+NO_TRT = "TensorRT cannot be installed here (NVIDIA's package index is out of reach); needs a GPU machine"
+
+
+def _has(module):
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+def _sidecar(**changes):
+    info = {"meta": META, "onnx": "model.onnx", "onnx_sha256": SHA, "tensorrt": "8.2.1.8",
+            "gpu": "NVIDIA Tegra X1", "precision": "fp16", "max_batch": 16}
+    info.update(changes)
+    return info
+
+
+def test_cache_key_names_every_fact():
+    key = cache_key(SHA, "8.2.1.8", "NVIDIA Tegra X1", "fp16", 16)
+    assert key == "abababababababab.trt8.2.1.8.nvidia-tegra-x1.fp16.b16"
+    variants = [cache_key("cd" * 32, "8.2.1.8", "NVIDIA Tegra X1", "fp16", 16),
+                cache_key(SHA, "10.3.0", "NVIDIA Tegra X1", "fp16", 16),
+                cache_key(SHA, "8.2.1.8", "Orin (nvgpu)", "fp16", 16),
+                cache_key(SHA, "8.2.1.8", "NVIDIA Tegra X1", "fp32", 16),
+                cache_key(SHA, "8.2.1.8", "NVIDIA Tegra X1", "fp16", 8)]
+    assert len(set(variants + [key])) == 6
+    path = cached_engine_path("/models/maskgate.onnx", "/var/cache/maskgate", SHA, "10.3.0", "Orin (nvgpu)",
+                              "int8", 4)
+    assert path == "/var/cache/maskgate/maskgate.abababababababab.trt10.3.0.orin-nvgpu.int8.b4.engine"
+
+
+def test_sidecar_round_trip_and_bad_sidecars(tmp_path):
+    engine = str(tmp_path / "model.engine")
+    with pytest.raises(ModelError, match="has no sidecar .*python -m export.trt"):
+        read_sidecar(engine)
+    assert write_sidecar(engine, _sidecar()) == engine + ".json"
+    info = read_sidecar(engine)
+    assert info["meta"] == META and info["format"] == "maskgate-engine/1" and info["max_batch"] == 16
+    with pytest.raises(ValueError, match="missing gpu"):
+        write_sidecar(engine, {k: v for k, v in _sidecar().items() if k != "gpu"})
+    with open(sidecar_path(engine), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_sidecar(engine)
+    with open(sidecar_path(engine), "w") as f:
+        json.dump(dict(_sidecar(meta=dict(META, classes=["cat", "dog"])), format="maskgate-engine/1"), f)
+    with pytest.raises(ModelError, match="classes"):
+        read_sidecar(engine)
+    assert sorted(os.listdir(str(tmp_path))) == ["model.engine.json"]  # no temporary files left
+
+
+def test_mismatched_engine_says_how_to_rebuild():
+    info = _sidecar()
+    assert check_sidecar(info, "8.2.1.8", "NVIDIA Tegra X1", "m.engine") is info
+    with pytest.raises(ModelError) as err:
+        check_sidecar(info, "10.3.0", "NVIDIA Tegra X1", "m.engine")
+    assert "m.engine was built for TensorRT 8.2.1.8 (this machine has 10.3.0)" in str(err.value)
+    assert "python -m export.trt model.onnx -o m.engine --max-batch 16 --fp16" in str(err.value)
+    with pytest.raises(ModelError, match=r"TensorRT 8.2.1.8 .* and GPU 'NVIDIA Tegra X1' \(this machine has 'Orin'\)"):
+        check_sidecar(info, "10.3.0", "Orin", "m.engine")
+
+
+def test_classifier_errors_before_touching_the_gpu(tmp_path):
+    engine = str(tmp_path / "m.engine")
+    with pytest.raises(ModelError, match="TensorRT engine not found"):
+        TrtClassifier(engine)
+    with open(engine, "wb") as f:
+        f.write(b"\0" * 64)
+    with pytest.raises(ModelError, match="has no sidecar"):
+        TrtClassifier(engine)
+    write_sidecar(engine, _sidecar(max_batch=8))
+    with pytest.raises(ModelError, match="built for batches of 1..8"):
+        TrtClassifier(engine, max_batch=16)
+
+
+@pytest.mark.skipif(_has("tensorrt"), reason="TensorRT is installed here")
+def test_missing_tensorrt_is_a_clear_error(tmp_path, capsys):
+    engine = str(tmp_path / "m.engine")
+    with open(engine, "wb") as f:
+        f.write(b"\0" * 64)
+    write_sidecar(engine, _sidecar())
+    with pytest.raises(ModelError, match="TensorRT's Python bindings are not installed.*python3-libnvinfer"):
+        TrtClassifier(engine)
+    with pytest.raises(ModelError, match="not installed.*backend: ort"):
+        export_trt.ensure_engine(engine, str(tmp_path / "cache"))
+
+
+def _foreign_onnx(path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Softmax", ["input"], ["probs"], axis=1)], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_build_refuses_onnx_without_metadata_before_building(tmp_path):
+    foreign = _foreign_onnx(str(tmp_path / "foreign.onnx"))
+    with pytest.raises(MetadataError, match="no maskgate metadata"):
+        export_trt.build_engine(foreign, str(tmp_path / "x.engine"))
+    assert export_trt.main([foreign]) == 1
+    assert sorted(os.listdir(str(tmp_path))) == ["foreign.onnx"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.onnx"], "model not found: missing.onnx"),
+    (["{tmp}/model.txt"], "give an .onnx model or a .pt checkpoint"),
+    (["{tmp}/model.onnx", "--max-batch", "0"], "--max-batch and --workspace must be positive"),
+    (["{tmp}/model.onnx", "--int8"], "--int8 needs --calib FOLDER"),
+    (["{tmp}/model.onnx", "--int8", "--calib", "{tmp}/nowhere"], "calibration folder not found"),
+    (["{tmp}/model.onnx", "--fp16", "--fp32"], "not allowed with argument"),
+])
+def test_argument_errors(tmp_path, capsys, argv, message):
+    for name in ("model.txt", "model.onnx"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(SystemExit) as exit_info:
+        export_trt.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _fake_engine(api):
+    """Minimal stand-ins with exactly the attributes of one TensorRT API generation."""
+    calls = []
+
+    class Trt(object):
+        class TensorIOMode(object):
+            INPUT, OUTPUT = "in", "out"
+
+        class MemoryPoolType(object):
+            WORKSPACE = "ws"
+
+        class NetworkDefinitionCreationFlag(object):
+            EXPLICIT_BATCH = 0
+
+        @staticmethod
+        def nptype(dtype):
+            return np.float32
+
+    names, modes, shapes = ["input", "probs"], ["in", "out"], [(-1, 3, 64, 64), (-1, 2)]
+    if api == 10:
+        class Engine(object):
+            num_io_tensors = 2
+            get_tensor_name = staticmethod(lambda i: names[i])
+            get_tensor_mode = staticmethod(lambda n: modes[names.index(n)])
+            get_tensor_shape = staticmethod(lambda n: shapes[names.index(n)])
+            get_tensor_dtype = staticmethod(lambda n: "float")
+
+        class Context(object):
+            def set_input_shape(self, name, shape):
+                calls.append(("set_input_shape", name, shape))
+                return True
+
+            def set_tensor_address(self, name, address):
+                calls.append(("address", name, address))
+
+            def execute_async_v3(self, stream):
+                calls.append(("v3", stream))
+                return True
+
+        class Config(object):
+            def set_memory_pool_limit(self, pool, size):
+                calls.append(("pool", pool, size))
+    else:
+        class Engine(object):
+            num_bindings = 2
+            get_binding_name = staticmethod(lambda i: names[i])
+            binding_is_input = staticmethod(lambda i: i == 0)
+            get_binding_shape = staticmethod(lambda i: shapes[i])
+            get_binding_dtype = staticmethod(lambda i: "float")
+
+        class Context(object):
+            def set_binding_shape(self, index, shape):
+                calls.append(("set_binding_shape", index, shape))
+                return True
+
+            def execute_async_v2(self, bindings, stream_handle):
+                calls.append(("v2", bindings, stream_handle))
+                return True
+
+        class Config(object):
+            max_workspace_size = 0
+    return Trt, Engine(), Context(), Config(), calls
+
+
+@pytest.mark.parametrize("api", [8, 10])
+def test_compat_layer_picks_the_api_by_feature(api):
+    trt, engine, context, config, calls = _fake_engine(api)
+    tensors = trt_compat.io_tensors(trt, engine)
+    assert tensors == [("input", True, (-1, 3, 64, 64), np.float32), ("probs", False, (-1, 2), np.float32)]
+    trt_compat.set_input_shape(context, 0, "input", (7, 3, 64, 64))
+    trt_compat.execute(context, tensors, [1000, 2000], 42)
+    trt_compat.set_workspace(trt, config, 256 << 20)
+    assert trt_compat.network_flags(trt) == 1
+    if api == 10:
+        assert calls == [("set_input_shape", "input", (7, 3, 64, 64)), ("address", "input", 1000),
+                         ("address", "probs", 2000), ("v3", 42), ("pool", "ws", 256 << 20)]
+    else:
+        assert calls == [("set_binding_shape", 0, (7, 3, 64, 64)), ("v2", [1000, 2000], 42)]
+        assert config.max_workspace_size == 256 << 20
+
+
+def test_device_preprocessing_matches_train(shared_data):
+    torch = pytest.importorskip("torch")
+    from export.samples import device_batch, verification_images
+    from train.transforms import eval_transform
+    images = verification_images(limit=9)
+    expected = torch.stack([eval_transform(rgb, META) for _, rgb in images]).numpy()
+    np.testing.assert_allclose(device_batch(images, META), expected, atol=1e-6)
+
+
+def test_trt_path_is_python36_and_torch_free():
+    code = "import sys, export.trt, edge.trt_backend; print(sorted({'torch', 'onnx', 'train'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+    assert out.stdout.decode().strip() == "[]"
+    vermin = shutil.which("vermin") or os.path.join(os.path.dirname(sys.executable), "vermin")
+    if not os.path.exists(vermin):
+        pytest.skip("vermin is not installed (pip install vermin)")
+    files = ["export/%s.py" % m for m in ("__init__", "trt", "calibrate", "samples", "onnx_meta", "parity")]
+    files += ["edge/trt_compat.py", "edge/trt_backend.py"]
+    result = subprocess.run([vermin, "-q", "--no-tips", "-t=3.6-", "--violations"] + files, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode()
+
+
+# -- with TensorRT and a GPU (a Jetson, or an x86 machine with pip install tensorrt pycuda) ---------
+
+@pytest.fixture(scope="module")
+def real_onnx(tmp_path_factory):
+    pytest.importorskip("tensorrt", reason=NO_TRT)
+    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    pytest.importorskip("torch", reason="exporting the test model needs torch")
+    from export_helpers import make_checkpoint, require_data
+    from export.onnx import export_onnx
+    require_data()
+    folder = tmp_path_factory.mktemp("trt")
+    ckpt = make_checkpoint(str(folder / "m.pt"))
+    return export_onnx(ckpt, str(folder / "m.onnx"), limit=16)["onnx"]
+
+
+def test_engine_builds_verifies_and_is_cached(real_onnx, tmp_path):
+    from export.samples import device_batch, verification_images
+    cache = str(tmp_path / "cache")
+    engine = export_trt.ensure_engine(real_onnx, cache, max_batch=8, precision="fp16")
+    stamp = os.path.getmtime(engine)
+    assert export_trt.ensure_engine(real_onnx, cache, max_batch=8, precision="fp16") == engine
+    assert os.path.getmtime(engine) == stamp  # reused, not rebuilt
+    stats = export_trt.verify_engine(engine, real_onnx, verification_images(limit=24))
+    assert stats is None or stats["argmax_agree"] >= export_trt.MIN_AGREE
+    with TrtClassifier(engine) as clf:
+        assert (clf.backend, clf.max_batch, clf.classes) == ("trt", 8, ["mask", "no_mask"])
+        batch = device_batch(verification_images(limit=20), clf.meta)
+        full = clf.predict(batch)  # 20 > max batch 8: three chunks
+        assert full.shape == (20, 2)
+        for n in (1, 7):
+            np.testing.assert_allclose(clf.predict(batch[:n]), full[:n], atol=1e-3)
