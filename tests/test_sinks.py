@@ -80,7 +80,7 @@ def test_full_disk_disables_the_sink_without_raising(tmp_path, caplog):
     path = tmp_path / "full.mp4"
     os.symlink("/dev/full", str(path))  # every write fails with ENOSPC
     sink = open_sink(str(path), fps=10)
-    with caplog.at_level(logging.ERROR, logger="edge.sinks"):
+    with caplog.at_level(logging.ERROR, logger="edge"):
         for image in pattern_frames(60, 320, 240):
             sink.write(image)  # must never raise into the loop
         sink.close()

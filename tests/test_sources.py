@@ -88,7 +88,7 @@ def test_folder_sorted_and_broken_image_skipped(tmp_path, caplog):
         shutil.copy(os.path.join(folder, name), str(tmp_path / name))
     (tmp_path / "0_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (tmp_path / "notes.txt").write_text("not an image")
-    with caplog.at_level(logging.WARNING, logger="edge.sources"):
+    with caplog.at_level(logging.WARNING, logger="edge"):
         source = open_source(str(tmp_path))
         frames = read_all(source)
     assert [f.name for f in frames] == names
@@ -152,7 +152,7 @@ def test_truncated_streamable_video_gives_its_frames_then_ends(tmp_path, caplog)
     data = open(whole, "rb").read()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[:len(data) // 4])
-    with caplog.at_level(logging.INFO, logger="edge.sources"):
+    with caplog.at_level(logging.INFO, logger="edge"):
         source = open_source(str(cut))
         frames = read_all(source)
     assert 50 < len(frames) < 400 and source.state == "eos"
@@ -167,7 +167,7 @@ def test_absent_camera_fails_at_start_or_waits_when_asked(caplog):
     # retry_open=True: the service starts and waits for the camera (state says so).
     with pytest.raises(SourceError, match="cannot open rtsp://127.0.0.1:1/x"):
         open_source("rtsp://127.0.0.1:1/x")  # nothing listens there: refused at start
-    with caplog.at_level(logging.INFO, logger="edge.sources"):
+    with caplog.at_level(logging.INFO, logger="edge"):
         source = open_source("/dev/video99", retry_open=True, backoff=0.05, backoff_max=0.2)
         assert source.is_live and source.state == "reconnecting" and source.is_streaming
         assert source.read(timeout=0.6) is None
@@ -238,7 +238,7 @@ def test_rtsp_source_that_stops_and_comes_back(caplog):
     """An RTSP server restart: the source goes reconnecting, then streams again."""
     feeder = Feeder(open_sink("rtsp://@:0/cam"))
     uri = "rtsp://127.0.0.1:%d/cam" % feeder.sink.port
-    caplog.set_level(logging.INFO, logger="edge.sources")
+    caplog.set_level(logging.INFO, logger="edge")
     source = open_source(uri, latency=0, backoff=0.1, backoff_max=0.5)
     try:
         assert source.is_live
@@ -264,7 +264,7 @@ def test_redact_hides_passwords():
 
 def test_live_source_that_ends_is_reopened(caplog):
     """A live pipeline that ends (EOS) goes reconnecting, then streams again."""
-    caplog.set_level(logging.INFO, logger="edge.sources")
+    caplog.set_level(logging.INFO, logger="edge")
     source = open_source("test://?is-live=true&num-buffers=3&fps=30&width=32&height=24",
                          backoff=0.05)
     states = set()
@@ -283,7 +283,7 @@ def test_live_source_that_ends_is_reopened(caplog):
 
 def test_stalled_live_source_is_reopened(caplog):
     """No frame for stall_timeout counts as a drop (a hung camera, a silent stream)."""
-    caplog.set_level(logging.WARNING, logger="edge.sources")
+    caplog.set_level(logging.WARNING, logger="edge")
     source = open_source("test://?is-live=true&fps=1&width=32&height=24",
                          stall_timeout=0.3, backoff=0.05)
     first = source.read(timeout=2.0)
@@ -291,3 +291,24 @@ def test_stalled_live_source_is_reopened(caplog):
     source.close()
     assert first is not None and second is not None
     assert "no frame for" in caplog.text
+
+
+def test_reconnect_attempts_leak_no_file_descriptors():
+    """Months of retries against a dead camera must not exhaust descriptors (issue 6)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to count open descriptors")
+    import socket
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: every attempt is refused
+    source = open_source("rtsp://127.0.0.1:%d/x" % port, retry_open=True, backoff=0.01,
+                         backoff_max=0.01)
+    source.read(timeout=0.3)  # warm-up: GStreamer's own threads and sockets settle
+    before = len(os.listdir("/proc/self/fd"))
+    attempts = source._attempts
+    source.read(timeout=1.5)
+    after = len(os.listdir("/proc/self/fd"))
+    source.close()
+    assert source._attempts - attempts >= 10
+    assert after <= before + 1
