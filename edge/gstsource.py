@@ -38,7 +38,8 @@ class GstSource(Source):
         except SourceError as exc:
             if not (live and options["retry_open"]):
                 raise SourceError("cannot open {}: {}".format(redact(uri), exc))
-            log.warning("%s is not available (%s); retrying", redact(uri), exc)
+            # str(exc): a kept log record must not hold the traceback and its pipeline
+            log.warning("%s is not available (%s); retrying", redact(uri), str(exc))
             self._schedule_retry()
             return
         self.state = "streaming"
@@ -74,7 +75,7 @@ class GstSource(Source):
             self._start()
         except SourceError as exc:
             log.warning("reconnect to %s failed: %s; next attempt in %.2f s",
-                        redact(self.uri), exc, self._delay)
+                        redact(self.uri), str(exc), self._delay)
             self._schedule_retry()
 
     def _stopped(self, kind, text):
