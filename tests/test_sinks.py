@@ -210,3 +210,18 @@ def test_rtsp_port_in_use_is_a_clear_error():
             open_sink("rtsp://@:%d/out" % first.port)
     finally:
         first.close()
+
+
+def test_jetson_outputs_use_the_hardware_elements(monkeypatch, tmp_path):
+    """Off the Jetson only the choice can be checked: with JetPack's elements present the
+    encoder is nvv4l2h264enc and the display nv3dsink."""
+    from edge import gst, sinks
+    real = gst.has_element
+    monkeypatch.setattr(gst, "has_element", lambda name: name.startswith("nv") or real(name))
+    assert "nvvidconv ! video/x-raw(memory:NVMM),format=I420 ! nvv4l2h264enc bitrate=4000000" \
+        in sinks.h264_encoder(4000)
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert "nv3dsink" in sinks.display_sink("display://0", 30)._tail
+    monkeypatch.setattr(gst, "has_element", real)
+    assert "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000" in \
+        sinks.h264_encoder(4000)

@@ -312,3 +312,29 @@ def test_reconnect_attempts_leak_no_file_descriptors():
     source.close()
     assert source._attempts - attempts >= 10
     assert after <= before + 1
+
+
+def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
+    """Off the Jetson only the choice can be checked: with JetPack's elements present,
+    the camera, file and MJPEG paths use them (the device run checks the rest)."""
+    from edge import sources
+    real = gst.has_element
+    monkeypatch.setattr(gst, "has_element", lambda name: name.startswith("nv") or real(name))
+    built = {}
+    monkeypatch.setattr(sources, "_gst_source", lambda uri, desc, *rest: built.setdefault(
+        uri, desc))
+    monkeypatch.setattr(os.path, "exists", lambda path: True)  # pretend /dev/video0 is there
+    open_source("csi://1", width=1920, height=1080, fps=30, flip_method=2)
+    assert built["csi://1"].startswith(
+        "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080,"
+        "framerate=30/1,format=NV12 ! nvvidconv flip-method=2 ! video/x-raw,format=BGRx")
+    open_source("v4l2:///dev/video0", format="mjpeg", width=1280, height=720, fps=30)
+    assert "image/jpeg,width=1280,height=720,framerate=30/1 ! nvv4l2decoder mjpeg=1 ! " \
+           "nvvidconv" in built["v4l2:///dev/video0"]
+    open_source(data_path(*VIDEO))
+    assert "decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert" in \
+           built[data_path(*VIDEO)]
+    # Cameras keep the newest frame only; the file delivers every frame.
+    assert built["csi://1"].endswith("max-buffers=1 drop=true")
+    assert built["v4l2:///dev/video0"].endswith("max-buffers=1 drop=true")
+    assert built[data_path(*VIDEO)].endswith("max-buffers=4 drop=false")
