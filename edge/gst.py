@@ -31,6 +31,8 @@ ELEMENT_PACKAGES = {
     "x264enc": "gstreamer1.0-plugins-ugly",
     "avdec_h264": "gstreamer1.0-libav",
     "rtspclientsink": "gstreamer1.0-rtsp",
+    "ximagesink": "gstreamer1.0-x", "xvimagesink": "gstreamer1.0-x",
+    "glimagesink": "gstreamer1.0-gl", "waylandsink": _BAD,
     "nvarguscamerasrc": _JETPACK, "nvvidconv": _JETPACK, "nvv4l2decoder": _JETPACK,
     "nvv4l2h264enc": _JETPACK, "nvjpegdec": _JETPACK, "nv3dsink": _JETPACK,
     "nveglglessink": _JETPACK,

@@ -167,7 +167,12 @@ def file_sink(uri, path, fps, opt):
 
 
 def display_sink(uri, fps):
-    """On-screen window: nv3dsink on the Jetson, autovideosink elsewhere; needs $DISPLAY."""
+    """On-screen window: nv3dsink on the Jetson, an X11 (or Wayland) sink elsewhere.
+
+    The sink is named, not autovideosink's pick: without an X sink installed that can
+    choose kmssink, which fights the desktop for the screen. Closing the window disables
+    this output only.
+    """
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise SinkError("output {} needs a screen but $DISPLAY is not set: run on the "
                         "desktop, or use a file, rtsp://@:8554/out or http://@:8090/ "
@@ -175,10 +180,13 @@ def display_sink(uri, fps):
     if gst.has_element("nv3dsink"):
         tail = ("videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
                 "video/x-raw(memory:NVMM) ! nv3dsink sync=false")
-    else:
-        gst.require(["videoconvert", "autovideosink"], SinkError)
-        tail = "videoconvert ! autovideosink sync=false"
-    return AppSrcSink(uri, tail, fps, live=True)
+        return AppSrcSink(uri, tail, fps, live=True)
+    names = ["ximagesink", "glimagesink"] if os.environ.get("DISPLAY") else \
+        ["waylandsink", "glimagesink"]
+    for name in names:
+        if gst.has_element(name):
+            return AppSrcSink(uri, "videoconvert ! {} sync=false".format(name), fps, live=True)
+    raise SinkError(gst.missing_message(names[0]))
 
 
 def _options(options):

@@ -225,3 +225,34 @@ def test_jetson_outputs_use_the_hardware_elements(monkeypatch, tmp_path):
     monkeypatch.setattr(gst, "has_element", real)
     assert "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000" in \
         sinks.h264_encoder(4000)
+
+
+@pytest.fixture
+def virtual_screen(monkeypatch):
+    """A headless X server (Xvfb) as $DISPLAY, or skip saying what is missing."""
+    import shutil
+    import subprocess
+    from edge import gst
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb is not installed (Debian: xvfb)")
+    if not gst.has_element("ximagesink"):
+        pytest.skip(gst.missing_message("ximagesink"))
+    number = next(n for n in range(90, 140) if not os.path.exists("/tmp/.X11-unix/X%d" % n))
+    server = subprocess.Popen(["Xvfb", ":%d" % number, "-screen", "0", "640x480x24"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists("/tmp/.X11-unix/X%d" % number) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    monkeypatch.setenv("DISPLAY", ":%d" % number)
+    yield ":%d" % number
+    server.terminate()
+    server.wait(10)
+
+
+def test_display_sink_shows_frames_on_an_x_screen(virtual_screen):
+    sink = open_sink("display://0", fps=30)
+    assert "ximagesink" in sink._tail
+    for image in pattern_frames(20):
+        sink.write(image)
+    sink.close()
+    assert sink.failed is None and sink.frames == 20
