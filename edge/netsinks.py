@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from edge import gst
 from edge.errors import SinkError
 from edge.sinks import Sink, h264_encoder
+from edge.sources import redact
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,16 @@ class RtspSink(Sink):
 
     The port is bound when the sink opens (so a port in use fails at start); the stream
     is mounted on the first frame, whose size it takes. All clients share one encoder.
+    With `credentials` (user, password) clients must log in (RTSP basic authentication);
+    they are required when the server listens beyond localhost.
     """
 
-    def __init__(self, uri, host, port, path, fps, bitrate):
-        Sink.__init__(self, uri)
+    def __init__(self, uri, host, port, path, fps, bitrate, credentials=None):
+        Sink.__init__(self, redact(uri))
+        if not _is_loopback(host) and not credentials:
+            raise SinkError("output {} exposes the video beyond localhost: give it a login "
+                            "(rtsp://USER:PASSWORD@{}:{}{})".format(redact(uri), host, port,
+                                                                     path))
         gst.init(SinkError)
         try:
             import gi
@@ -46,6 +53,9 @@ class RtspSink(Sink):
         self._server = GstRtspServer.RTSPServer()
         self._server.set_address(host)
         self._server.set_service(str(port))
+        self._credentials = credentials
+        if credentials:
+            self._server.set_auth(_basic_auth(*credentials))
         self._context = GLib.MainContext.new()
         try:
             self._source_id = self._server.attach(self._context)
@@ -82,6 +92,11 @@ class RtspSink(Sink):
             "rtph264pay name=pay0 pt=96 config-interval=1 )".format(
                 gst.bgr_caps(width, height, self._fps), self._encoder))
         factory.set_shared(True)
+        if self._credentials:
+            from gi.repository import Gst
+            factory.add_role_from_structure(Gst.Structure.new_from_string(
+                "viewer, media.factory.access=(boolean)true, "
+                "media.factory.construct=(boolean)true"))
         factory.connect("media-configure", self._on_media)
         self._server.get_mount_points().add_factory(self._path, factory)
 
@@ -112,6 +127,20 @@ class RtspSink(Sink):
         self._loop = None
 
 
+def _basic_auth(user, password):
+    """An RTSPAuth that lets `user`/`password` in with the role 'viewer'."""
+    from gi.repository import GstRtspServer
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    auth = GstRtspServer.RTSPAuth()
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    return auth
+
+
+def _is_loopback(host):
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 class MjpegSink(Sink):
     """MJPEG over HTTP (multipart/x-mixed-replace) from a thread: http://HOST:PORT/.
 
@@ -121,7 +150,7 @@ class MjpegSink(Sink):
 
     def __init__(self, uri, host, port, token, quality):
         Sink.__init__(self, uri)
-        if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        if not _is_loopback(host) and not token:
             raise SinkError("output {} exposes the video beyond localhost: give it a token "
                             "(http://{}:{}/?token=SECRET)".format(uri, host, port))
         self._token = token

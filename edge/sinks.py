@@ -6,8 +6,9 @@ caller's loop: a sink whose output fails (a full disk, a vanished display) logs 
 `.failed` to the reason and ignores later frames. `close()` flushes: a video file gets its
 end of stream and plays to its last frame.
 
-Network outputs (edge.netsinks) bind 127.0.0.1 unless the URI names a host; the HTTP
-stream exposed beyond localhost requires a token (`http://0.0.0.0:8090/?token=SECRET`).
+Network outputs (edge.netsinks) bind 127.0.0.1 unless the URI names a host; exposed
+beyond localhost they require a login: `http://0.0.0.0:8090/?token=SECRET` (or the
+`token` option), `rtsp://USER:PASSWORD@0.0.0.0:8554/out` (or `token`, user "viewer").
 """
 import logging
 import os
@@ -222,7 +223,10 @@ def open_sink(uri, fps=None, **options):
     if uri.startswith("rtsp://"):
         from edge.netsinks import RtspSink
         host, port, parts = _host_port(uri, 8554)
-        return RtspSink(uri, host, port, parts.path or "/out", fps, opt["bitrate"])
+        login = (parts.username, parts.password or "") if parts.username else None
+        if opt["token"] and not login:
+            login = ("viewer", opt["token"])
+        return RtspSink(uri, host, port, parts.path or "/out", fps, opt["bitrate"], login)
     if uri.startswith("http://"):
         from edge.netsinks import MjpegSink
         host, port, parts = _host_port(uri, 8090)

@@ -256,3 +256,27 @@ def test_display_sink_shows_frames_on_an_x_screen(virtual_screen):
         sink.write(image)
     sink.close()
     assert sink.failed is None and sink.frames == 20
+
+
+def test_rtsp_login_is_enforced():
+    with pytest.raises(SinkError, match="beyond localhost: give it a login"):
+        open_sink("rtsp://0.0.0.0:0/out")
+    feeder = Feeder(open_sink("rtsp://viewer:s3cret@127.0.0.1:0/out", fps=25),
+                    np.full((48, 64, 3), 90, np.uint8))
+    try:
+        assert "s3cret" not in feeder.sink.uri  # never logged
+        url = "rtsp://127.0.0.1:%d/out" % feeder.sink.port
+        from edge.errors import SourceError
+        with pytest.raises(SourceError, match="Unauthorized"):
+            open_source(url)
+        with pytest.raises(SourceError, match="Unauthorized"):
+            open_source(url.replace("rtsp://", "rtsp://viewer:wrong@"))
+        source = open_source(url.replace("rtsp://", "rtsp://viewer:s3cret@"), latency=0)
+        deadline = time.monotonic() + 10
+        frame = None
+        while frame is None and time.monotonic() < deadline:
+            frame = source.read(timeout=0.5)
+        source.close()
+        assert frame is not None and frame.image.shape == (48, 64, 3)
+    finally:
+        feeder.stop()
