@@ -86,9 +86,8 @@ class GstSource(Source):
             log.warning("%s stopped (%s); reconnecting in %.2f s", redact(self.uri), what,
                         self._delay)
             self._schedule_retry()
-        elif self._opt["loop"] and kind == "eos" and self._index > 0:
-            self._stop_pipeline()
-            self._start()
+        elif self._opt["loop"] and kind == "eos" and self._index > 0 and self._restart():
+            pass
         else:
             if self.warnings:
                 log.warning("%s: %d decoding warning(s) (corrupt data?), the first: %s",
@@ -101,12 +100,25 @@ class GstSource(Source):
             self._stop_pipeline()
             self.state = "eos"
 
+    def _restart(self):
+        """Open a file again at its end (loop=True); False when it cannot be."""
+        self._stop_pipeline()
+        try:
+            self._start()
+        except SourceError as exc:
+            log.error("%s cannot be replayed: %s", redact(self.uri), str(exc))
+            return False
+        return True
+
     def read(self, timeout=1.0):
         """The next Frame, or None after `timeout` seconds (also while reconnecting)."""
         deadline = time.monotonic() + timeout
         while self.is_streaming:
             now = time.monotonic()
-            if self._pipeline is None:  # waiting for the next reconnection attempt
+            appsink, bus = self._appsink, self._bus  # close() may run in a signal handler
+            if appsink is None:  # waiting for the next reconnection attempt
+                if self.state != "reconnecting":
+                    return None  # closed meanwhile
                 if now >= self._next_attempt:
                     self._attempt()
                     continue
@@ -116,17 +128,17 @@ class GstSource(Source):
                 continue
             # Short pulls so that a stop on the bus is noticed within 0.1 s.
             wait = max(0.0, min(0.1, deadline - now))
-            sample = self._appsink.try_pull_sample(int(wait * gst.init().SECOND))
+            sample = appsink.try_pull_sample(int(wait * gst.init().SECOND))
             if sample is not None:
                 return self._frame(sample)
-            found = self._pending or gst.poll(self._bus, self.warnings)
+            found = self._pending or gst.poll(bus, self.warnings)
             # A live source that went silent has dropped; a file that went silent is
             # stuck on bad data: either way no frame for stall_timeout is a stop, not a hang.
             if found is None and \
                     time.monotonic() - self._last_frame > self._opt["stall_timeout"]:
                 found = ("error", "no frame for {:g} s".format(self._opt["stall_timeout"]))
             if found is not None:
-                sample = self._appsink.try_pull_sample(0)  # one may have raced the message
+                sample = appsink.try_pull_sample(0)  # one may have raced the message
                 if sample is not None:
                     self._pending = found
                     return self._frame(sample)

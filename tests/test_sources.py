@@ -338,3 +338,18 @@ def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
     assert built["csi://1"].endswith("max-buffers=1 drop=true")
     assert built["v4l2:///dev/video0"].endswith("max-buffers=1 drop=true")
     assert built[data_path(*VIDEO)].endswith("max-buffers=4 drop=false")
+
+
+def test_loop_of_a_file_that_vanished_ends_cleanly(tmp_path, caplog):
+    path = str(tmp_path / "two.mkv")
+    sink = open_sink(path, fps=10)
+    for frame in read_all(open_source("test://?num-buffers=2&width=32&height=24")):
+        sink.write(frame.image)
+    sink.close()
+    source = open_source(path, loop=True)
+    assert source.read(timeout=5.0) is not None
+    os.remove(path)  # deleted under the running service
+    with caplog.at_level(logging.ERROR, logger="edge"):
+        frames = read_all(source)  # never raises into the loop
+    assert len(frames) == 1 and source.state == "eos"
+    assert "cannot be replayed" in caplog.text
