@@ -22,6 +22,9 @@ from edge.errors import ConfigError, SinkError
 log = logging.getLogger(__name__)
 
 MUXERS = {".mp4": "mp4mux", ".mov": "mp4mux", ".mkv": "matroskamux", ".avi": "avimux"}
+# Fragmented MP4 (a fragment a second): a recording cut by a power loss or SIGKILL still
+# plays up to its last fragment instead of having no index at all.
+MUXER_PROPS = {"mp4mux": "fragment-duration=1000"}
 DEFAULTS = {"bitrate": 4000, "quality": 80, "token": None}  # kbit/s, JPEG quality
 
 
@@ -35,7 +38,11 @@ class Sink(object):
 
     def write(self, image):
         """Send one BGR uint8 frame; never raises (a failure disables the sink)."""
-        if self.failed is not None or image is None:
+        if self.failed is not None:
+            return
+        if not _is_bgr(image):  # one bad frame is skipped, it does not kill the output
+            log.warning("output %s: skipped a frame that is not HxWx3 uint8 (%s)", self.uri,
+                        getattr(image, "shape", type(image).__name__))
             return
         try:
             self._write(image)
@@ -72,6 +79,11 @@ class Sink(object):
             self._shutdown()
         except Exception:
             pass
+
+
+def _is_bgr(image):
+    return getattr(image, "dtype", None) == "uint8" and image.ndim == 3 and \
+        image.shape[2] == 3 and image.shape[0] > 0 and image.shape[1] > 0
 
 
 class NullSink(Sink):
@@ -162,8 +174,10 @@ def file_sink(uri, path, fps, opt):
     if not os.path.isdir(folder):
         raise SinkError("output folder {} does not exist".format(folder))
     gst.require(["appsrc", "videoconvert", "h264parse", MUXERS[ext], "filesink"], SinkError)
-    tail = "{} ! h264parse ! {} ! filesink name=out".format(h264_encoder(opt["bitrate"]),
-                                                             MUXERS[ext])
+    muxer = MUXERS[ext]
+    # Unbuffered: what the muxer gives is on disk, not in a stdio buffer lost in a crash.
+    tail = "{} ! h264parse ! {} {} ! filesink name=out buffer-mode=unbuffered".format(
+        h264_encoder(opt["bitrate"]), muxer, MUXER_PROPS.get(muxer, ""))
     return AppSrcSink(uri, tail, fps, live=False, location=path)
 
 

@@ -280,3 +280,37 @@ def test_rtsp_login_is_enforced():
         assert frame is not None and frame.image.shape == (48, 64, 3)
     finally:
         feeder.stop()
+
+
+def test_a_bad_frame_is_skipped_not_fatal(tmp_path):
+    path = str(tmp_path / "bad.mkv")
+    sink = open_sink(path, fps=10)
+    good = np.zeros((24, 32, 3), np.uint8)
+    for image in (good, None, np.zeros((24, 32), np.uint8), good.astype(np.float32), good):
+        sink.write(image)
+    sink.close()
+    assert sink.failed is None and sink.frames == 2
+    assert len(read_back(path)) == 2
+
+
+WRITER = """
+import os, sys
+sys.path.insert(0, %r)
+import numpy as np
+from edge.sinks import open_sink
+sink = open_sink(%r, fps=10)
+for i in range(35):
+    sink.write(np.full((48, 64, 3), i * 7, np.uint8))
+import time; time.sleep(1.0)  # the encoder and muxer catch up
+os.kill(os.getpid(), 9)  # a power cut: no close(), no end of stream
+"""
+
+
+def test_mp4_cut_by_a_crash_still_plays(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = str(tmp_path / "cut.mp4")
+    subprocess.run([sys.executable, "-c", WRITER % (root, path)], timeout=60)
+    frames = read_back(path)  # fragments of 1 s (10 frames): the 3 complete ones survive
+    assert 20 <= len(frames) < 35 and frames[0].shape == (48, 64, 3), len(frames)
