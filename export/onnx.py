@@ -33,8 +33,9 @@ from train.transforms import eval_transform
 
 OPSET = 13
 PARITY_TOL = 1e-4  # largest |probability difference| accepted between PyTorch and ONNX
-FP16_TOL = 2e-2  # the FP16 variant: looser (measured ~1e-2), and argmax agreement >= FP16_AGREE
-FP16_AGREE = 0.99
+# The FP16 variant: |dprob| <= FP16_TOL (measured 3e-3..1e-2), and no top class flipped
+# unless PyTorch itself had it within 2 * FP16_TOL of the runner-up (a near-tie).
+FP16_TOL = 2e-2
 
 
 class ExportError(RuntimeError):
@@ -138,19 +139,20 @@ def ort_probs(path, batch, chunk=16):
                            for i in range(0, len(batch), chunk)])
 
 
-def check_parity(reference, onnx_path, batch, tol=PARITY_TOL, min_agree=1.0, what="onnxruntime vs PyTorch"):
+def check_parity(reference, onnx_path, batch, tol=PARITY_TOL, tie=0.0, what="onnxruntime vs PyTorch"):
     """Run ``onnx_path`` on ``batch`` and compare with ``reference`` probabilities.
 
-    Prints the numbers; raises ``ParityError`` unless argmax agreement >= ``min_agree``
-    and the largest probability difference <= ``tol``. Returns the statistics.
+    Prints the numbers; raises ``ParityError`` if any top class differs (except, with
+    ``tie`` > 0, where the reference's top-two margin is below ``tie``) or the largest
+    probability difference exceeds ``tol``. Returns the statistics.
     """
-    stats = compare(reference, ort_probs(onnx_path, batch))
-    stats.update(tolerance=tol, min_agree=min_agree)
+    stats = compare(reference, ort_probs(onnx_path, batch), tie=tie)
+    stats.update(tolerance=tol)
     print(describe(stats, what), flush=True)
-    if stats["argmax_agree"] < min_agree or stats["max_diff"] > tol:
-        raise ParityError("%s: exported model disagrees (argmax agreement %.2f%%, need %.2f%%; max |dprob| "
+    if stats["decisive_mismatches"] or stats["max_diff"] > tol:
+        raise ParityError("%s: exported model disagrees with PyTorch (%d of %d top classes differ; max |dprob| "
                           "%.2e, tolerance %.0e); nothing written" % (
-                              onnx_path, 100 * stats["argmax_agree"], 100 * min_agree, stats["max_diff"], tol))
+                              onnx_path, len(stats["decisive_mismatches"]), stats["n"], stats["max_diff"], tol))
     return stats
 
 
@@ -181,7 +183,7 @@ def fp16_variant(model, reference, batch, out):
     tmp = _temp_beside(out)
     try:
         onnx.save(half, tmp)
-        stats = check_parity(reference, tmp, batch, tol=FP16_TOL, min_agree=FP16_AGREE,
+        stats = check_parity(reference, tmp, batch, tol=FP16_TOL, tie=2 * FP16_TOL,
                              what="FP16 onnxruntime vs PyTorch")
         os.replace(tmp, out)
     finally:
@@ -234,7 +236,8 @@ def main(argv=None):
                         help="face images for the parity check (default: ../shared/data fmd + kaggle853 crops)")
     parser.add_argument("--images", type=int, default=48, help="how many verification images (default 48)")
     parser.add_argument("--fp16", action="store_true",
-                        help="also write OUT.fp16.onnx (FP16 weights, float32 I/O), checked to |dprob| <= %g" % FP16_TOL)
+                        help="also write OUT.fp16.onnx (FP16 weights, float32 I/O), checked to |dprob| <= %g "
+                             "and no confident top class flipped" % FP16_TOL)
     args = parser.parse_args(argv)
     out = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
     print("exporting %s -> %s (opset %d)" % (args.checkpoint, out, OPSET), flush=True)

@@ -90,6 +90,20 @@ def test_mismatched_engine_says_how_to_rebuild():
         check_sidecar(info, "10.3.0", "Orin", "m.engine")
 
 
+def test_parity_numbers_and_near_ties():
+    from export.parity import compare, describe
+    reference = [[0.51, 0.49], [0.9, 0.1], [0.2, 0.8]]
+    candidate = [[0.49, 0.51], [0.9, 0.1], [0.6, 0.4]]
+    strict = compare(reference, candidate)
+    assert strict["mismatches"] == strict["decisive_mismatches"] == [0, 2]
+    assert strict["max_diff"] == pytest.approx(0.4) and strict["argmax_agree"] == pytest.approx(1 / 3.0)
+    lenient = compare(reference, candidate, tie=0.04)
+    assert lenient["decisive_mismatches"] == [2]  # 0.51 vs 0.49 is a near-tie; 0.8 vs 0.2 is not
+    assert "3 images, argmax agreement 33.33% (2 differ, 1 of them near-ties)" in describe(lenient, "x")
+    with pytest.raises(ValueError, match="differ in shape"):
+        compare(reference, candidate[:2])
+
+
 def test_classifier_errors_before_touching_the_gpu(tmp_path):
     engine = str(tmp_path / "m.engine")
     with pytest.raises(ModelError, match="TensorRT engine not found"):
