@@ -225,7 +225,8 @@ def clean(samples, min_size=8, hygiene=None):
     from tqdm import tqdm
     hygiene = hygiene or Hygiene()
     by_path = {}
-    for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img", leave=False):
+    for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img",
+                     leave=False, disable=None):
         by_path[path] = inspect_file(path, hygiene)
     labels_by_digest = collections.defaultdict(set)
     for s in samples:

@@ -5,6 +5,7 @@ over several processes (gloo on CPU, NCCL on GPUs); rank 0 evaluates, logs and s
 """
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -54,6 +55,22 @@ class FaceDataset(Dataset):
     def __getitem__(self, i):
         return self.transform.from_boxed(self.boxed(i)), self.targets[i]
 
+    def subset(self, indices, transform):
+        """A view on some samples with another transform, sharing this dataset's crop cache."""
+        return _SubsetView(self, list(indices), transform)
+
+
+class _SubsetView(Dataset):
+    def __init__(self, parent, indices, transform):
+        self.parent, self.indices, self.transform = parent, indices, transform
+        self.targets = [parent.targets[i] for i in indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.transform.from_boxed(self.parent.boxed(self.indices[i])), self.targets[i]
+
 
 def class_weights(targets, num_classes):
     """Inverse-frequency weights (sklearn's 'balanced'): n / (C * n_c)."""
@@ -94,7 +111,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scal
     """One pass over ``loader``; returns (mean loss, accuracy on the un-mixed labels)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show)
+    # disable=None: bars on a terminal only; logs get the one-line epoch summary instead.
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None if show else True)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         hard = targets
@@ -201,6 +219,10 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
         stopper.best, stopper.bad_epochs = state.get("best_value"), state.get("bad_epochs", 0)
         best_metrics = state.get("best_metrics")
         log("resumed from %s at epoch %d" % (args.resume, start_epoch))
+        earlier_best = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "best.pt")
+        if out_dir and os.path.isfile(earlier_best) and not os.path.isfile(os.path.join(out_dir, "best.pt")):
+            os.makedirs(out_dir, exist_ok=True)
+            shutil.copyfile(earlier_best, os.path.join(out_dir, "best.pt"))
     for epoch in range(start_epoch, args.epochs + 1):
         if world > 1:
             train_loader.sampler.set_epoch(epoch)

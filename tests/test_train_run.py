@@ -1,0 +1,95 @@
+"""A short real training run on CPU: it learns, reports, checkpoints, resumes, searches, runs under torchrun."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, data_path
+from train import checkpoint
+from train.__main__ import main as train_main
+from train.evaluate import main as evaluate_main
+
+QUICK = ["--subset", "0.08", "--input-size", "48", "--batch-size", "32", "--lr", "1e-3",
+         "--patience", "0", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    assert train_main(["--data", data_path("fmd"), "--epochs", "3", "--out", out] + QUICK) == 0
+    return out
+
+
+def test_training_learns_and_writes_its_report(trained):
+    payload = checkpoint.read(os.path.join(trained, "last.pt"))
+    losses = [h["train_loss"] for h in payload["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    assert metrics["test"]["accuracy"] > 0.75  # held-out crops, chance is about 0.5
+    assert metrics["test"]["n"] > 40
+    for name in ("confusion_test.png", "roc_test.png", "learning_curves.png", "report.md"):
+        assert os.path.getsize(os.path.join(trained, name)) > 1000
+    with open(os.path.join(trained, "confusion_test.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_describes_itself_and_round_trips(trained):
+    model, meta = checkpoint.load_model(os.path.join(trained, "best.pt"))
+    assert meta["arch"] == "mobilenet_v2" and meta["classes"] == ["mask", "no_mask"]
+    assert meta["input_size"] == [48, 48] and meta["resize"] == "letterbox"
+    assert meta["train_args"]["lr"] == 1e-3
+    assert meta["data_summary"]["hygiene"]["exact_duplicate_removed"]["count"] == 104
+    assert meta["metrics"]["test"]["accuracy"] > 0.75
+    again, _ = checkpoint.load_model(os.path.join(trained, "best.pt"))
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(model(x), again(x))
+
+
+def test_resume_continues_where_it_stopped(trained, tmp_path):
+    out = str(tmp_path / "resumed")
+    args = ["--data", data_path("fmd"), "--epochs", "4", "--out", out,
+            "--resume", os.path.join(trained, "last.pt")] + QUICK
+    assert train_main(args) == 0
+    history = checkpoint.read(os.path.join(out, "last.pt"))["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_bad_checkpoint_is_named(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": 1}, str(bogus))
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this project"):
+        checkpoint.load_model(str(bogus))
+
+
+def test_evaluate_json_on_scene_crops(trained, capsys):
+    assert evaluate_main(["--model", os.path.join(trained, "best.pt"), data_path("kaggle853"),
+                          "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "auc", "per_class", "confusion", "n"):
+        assert key in result
+    assert result["n"] > 500 and result["skipped_other_classes"] > 0  # incorrect faces
+
+
+def test_grid_search_with_group_kfold(tmp_path, capsys):
+    out = str(tmp_path / "search")
+    args = ["--data", data_path("fmd"), "--epochs", "1", "--out", out, "--search",
+            "--grid-lr", "1e-2,1e-3", "--grid-batch", "32", "--folds", "2", "--search-epochs", "1"] + QUICK
+    args[args.index("--subset") + 1] = "0.04"
+    assert train_main(args) == 0
+    report = open(os.path.join(out, "report.md")).read()
+    assert "| 0.01 | 32 |" in report and "| 0.001 | 32 |" in report and "**chosen**" in report
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "train", "--data", data_path("fmd"), "--epochs", "1", "--out", out, "--device", "cpu"] + QUICK
+    cmd[cmd.index("--threads") + 1] = "1"
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, done.stdout.decode()[-3000:]
+    assert os.path.isfile(os.path.join(out, "best.pt"))
+    assert checkpoint.read(os.path.join(out, "last.pt"))["epoch"] == 1

@@ -1,0 +1,94 @@
+"""``python -m train.evaluate [--model PATH] DATA [--json]``: metrics of a model on any data set.
+
+DATA is a folder-per-class tree, SF-MASK or a VOC scene set (class-name synonyms as in
+``train.data``). The model is a ``.pt`` checkpoint or an ``.onnx`` export; both read their
+preprocessing from their own metadata. Without ``--model``, the shipped default model.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from train import checkpoint, data, report
+from train.engine import FaceDataset, make_loader, predict
+from train.transforms import EvalTransform
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                             "mask_classifier.onnx")
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported model in onnxruntime behind the torch call interface ``predict`` uses."""
+
+    def __init__(self, path):
+        super().__init__()
+        import onnx
+        import onnxruntime as ort
+        from train import metadata
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        self.meta = metadata.from_string_props(props, source=path)
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, images):
+        probs = self.session.run(None, {self.input_name: images.numpy().astype(np.float32)})[0]
+        # predict() applies softmax to logits; the graph already gives probabilities.
+        return torch.from_numpy(np.log(np.clip(probs, 1e-12, 1)))
+
+
+def load_any(path):
+    """(model, meta) from a .pt checkpoint or an .onnx file."""
+    if path.endswith(".onnx"):
+        model = OnnxModel(path)
+        return model, model.meta
+    return checkpoint.load_model(path)
+
+
+def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64):
+    """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``."""
+    model, meta = load_any(model_path)
+    source = data.load_source(data_root, meta["crop_margin"])
+    skipped = sum(1 for s in source if s.label not in meta["classes"])
+    source = [s for s in source if s.label in meta["classes"]]
+    if split != "all":
+        source = [s for s in source if s.split == split]
+    samples, hygiene = data.clean(source, min_size)
+    if not samples:
+        raise data.DataError("no usable faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
+    dataset = FaceDataset(samples, meta["classes"], meta, EvalTransform(meta), cache=False)
+    labels, probs = predict(model, make_loader(dataset, batch_size, False, 0, 0), torch.device("cpu"), flip)
+    metrics = report.compute_metrics(labels, probs, meta["classes"])
+    metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=skipped,
+                   hygiene=hygiene.summary())
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", help="folder-per-class tree, SF-MASK or VOC scene set")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=".pt checkpoint or .onnx (default: shipped model)")
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                        help="only this split (VOC splits.csv, SF-MASK folders)")
+    parser.add_argument("--min-size", type=int, default=8)
+    parser.add_argument("--flip", action="store_true", help="average with a mirrored pass")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.model):
+        parser.error("model not found: %s" % args.model)
+    try:
+        metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.flip)
+    except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(report.format_metrics(metrics, os.path.basename(os.path.normpath(args.data))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
