@@ -33,8 +33,11 @@ class GstSource(Source):
         self._next_attempt = 0.0
         self._attempts = 0
         self._last_frame = time.monotonic()
+        self._first = None        # the sample that proved a live source works at open
         try:
             self._start()
+            if live and not options["retry_open"]:
+                self._first = self._first_sample()
         except SourceError as exc:
             if not (live and options["retry_open"]):
                 raise SourceError("cannot open {}: {}".format(redact(uri), exc))
@@ -42,7 +45,24 @@ class GstSource(Source):
             log.warning("%s is not available (%s); retrying", redact(uri), str(exc))
             self._schedule_retry()
             return
-        self.state = "streaming"
+        # A live source opened with retry_open is "opening" until its first frame.
+        self.state = "opening" if live and self._first is None else "streaming"
+
+    def _first_sample(self):
+        """Wait for a live source's first frame: a camera that starts but fails at once
+        (no CSI sensor, a refused stream) is reported at open, not on the first read."""
+        deadline = time.monotonic() + self._opt["open_timeout"]
+        while time.monotonic() < deadline:
+            sample = self._appsink.try_pull_sample(int(0.1 * gst.init().SECOND))
+            if sample is not None:
+                return sample
+            found = self._pending or gst.poll(self._bus)
+            if found is not None:
+                self._stop_pipeline()
+                raise SourceError(found[1] if found[0] == "error" else
+                                  "the stream ended before its first frame")
+        self._stop_pipeline()
+        raise SourceError("no frame within {:g} s".format(self._opt["open_timeout"]))
 
     def _start(self):
         pipeline = gst.launch(self._description, SourceError)
@@ -113,6 +133,9 @@ class GstSource(Source):
     def read(self, timeout=1.0):
         """The next Frame, or None after `timeout` seconds (also while reconnecting)."""
         deadline = time.monotonic() + timeout
+        if self._first is not None:
+            sample, self._first = self._first, None
+            return self._frame(sample)
         while self.is_streaming:
             now = time.monotonic()
             appsink, bus = self._appsink, self._bus  # close() may run in a signal handler

@@ -353,3 +353,13 @@ def test_loop_of_a_file_that_vanished_ends_cleanly(tmp_path, caplog):
         frames = read_all(source)  # never raises into the loop
     assert len(frames) == 1 and source.state == "eos"
     assert "cannot be replayed" in caplog.text
+
+
+def test_live_source_that_fails_before_its_first_frame_fails_at_open():
+    with pytest.raises(SourceError, match="ended before its first frame"):
+        open_source("test://?is-live=true&num-buffers=0")
+    # With retry_open it is "opening" (not yet proven), then streaming at the first frame.
+    source = open_source("test://?is-live=true&width=32&height=24", retry_open=True)
+    assert source.state == "opening"
+    assert source.read(timeout=2.0) is not None and source.state == "streaming"
+    source.close()
