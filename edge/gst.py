@@ -196,24 +196,19 @@ def stop(pipeline):
 def sample_to_bgr(sample):
     """Copy an appsink sample of video/x-raw,format=BGR into an HxWx3 uint8 array.
 
-    Rows may be padded to 4 bytes, so the stride comes from the buffer size.
+    Rows may be padded to 4 bytes, so the stride comes from the buffer size. The bytes
+    come from extract_dup, which behaves the same in JetPack's older PyGObject.
     """
     import numpy as np
-    Gst = _Gst
     structure = sample.get_caps().get_structure(0)
     width = structure.get_value("width")
     height = structure.get_value("height")
     buf = sample.get_buffer()
-    ok, info = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise RuntimeError("cannot map GStreamer buffer")
-    try:
-        stride = info.size // height
-        rows = np.frombuffer(info.data, np.uint8, count=stride * height).reshape(height, stride)
-        image = rows[:, :width * 3].reshape(height, width, 3).copy()
-    finally:
-        buf.unmap(info)
-    return image
+    data = buf.extract_dup(0, buf.get_size())
+    stride = len(data) // height
+    rows = np.frombuffer(data, np.uint8, count=stride * height).reshape(height, stride)
+    # A writable copy without the padding: callers draw on frames.
+    return np.array(rows[:, :width * 3].reshape(height, width, 3))
 
 
 def buffer_pts(sample):

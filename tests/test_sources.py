@@ -34,6 +34,7 @@ def test_videotestsrc_delivers_every_buffer_then_ends():
     frames = read_all(source)
     assert [f.index for f in frames] == list(range(7))
     assert all(f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert frames[0].image.flags.writeable  # the overlay draws on it
     assert [round(f.pts, 3) for f in frames] == [round(i / 10.0, 3) for i in range(7)]
     assert source.state == "eos" and not source.is_streaming
     assert source.read(timeout=0.1) is None
