@@ -10,9 +10,13 @@ and, when they drop (EOS, bus error, or no frame for `stall_timeout`), are reope
 exponential back-off while `read` keeps returning None. Files deliver every frame in order
 and end cleanly; a corrupt file ends after its last decodable frame with a log line.
 
-A camera that is absent when the service starts (/dev/video99, an RTSP server that refuses)
-raises SourceError, so a misconfigured device fails loudly; pass retry_open=True to wait
-for it in the "reconnecting" state instead. A camera lost later is always reconnected.
+A live source must deliver its first frame within `open_timeout`: a camera that is absent
+when the service starts (/dev/video99, a CSI sensor that fails, an RTSP server that
+refuses) raises SourceError, so a misconfigured device fails loudly. With retry_open=True
+it is waited for instead (state "opening", then "reconnecting" while it is absent). A
+camera lost later is always reconnected (unless reconnect=False).
+
+States: "opening", "streaming", "reconnecting", "eos" (the end of a file), "closed".
 """
 import logging
 import os
