@@ -268,6 +268,70 @@ def test_trt_path_is_python36_and_torch_free():
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode()
 
 
+# -- our control flow around TensorRT, with a stand-in (see export_helpers.fake_tensorrt) ----------
+
+@pytest.fixture
+def tiny(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export_helpers import require_data, tiny_onnx
+    require_data()
+    return tiny_onnx(str(tmp_path / "tiny.onnx"), META)
+
+
+@pytest.mark.parametrize("api", [8, 10])
+def test_build_cache_run_verify_with_fake_tensorrt(api, tiny, tmp_path, monkeypatch, capsys):
+    import onnxruntime as ort
+    from export_helpers import FakeCuda, install_fakes
+    from export.onnx_meta import file_sha256
+    from export.samples import device_batch, verification_images
+    trt = install_fakes(monkeypatch, api)
+    cache = str(tmp_path / "cache")
+    engine = export_trt.ensure_engine(tiny, cache, max_batch=8, precision="fp16")
+    assert engine.endswith(".trt%s.fake-gpu.fp16.b8.engine" % trt.__version__)
+    assert trt.calls == [("build", ["fp16"], ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)))]
+    info = read_sidecar(engine)
+    assert (info["gpu"], info["tensorrt"], info["max_batch"]) == ("Fake GPU", trt.__version__, 8)
+    assert info["onnx_sha256"] == file_sha256(tiny) and info["meta"]["classes"] == META["classes"]
+    assert export_trt.ensure_engine(tiny, cache, max_batch=8, precision="fp16") == engine
+    assert len(trt.calls) == 1  # reused from the cache
+    write_sidecar(engine, dict(info, gpu="NVIDIA Tegra X1"))  # as if the card were swapped
+    assert export_trt.ensure_engine(tiny, cache, max_batch=8, precision="fp16") == engine
+    out = capsys.readouterr().out
+    assert len(trt.calls) == 2 and "rebuilding" in out and "build took" in out
+    assert ("Building engine (1 steps)" in out) == (api == 10)  # IProgressMonitor only in the new API
+
+    images = verification_images(limit=20)
+    batch = device_batch(images, META)
+    with TrtClassifier(engine) as clf:
+        assert (clf.backend, clf.max_batch, clf.classes, clf.meta["input_size"]) == ("trt", 8, META["classes"], [64, 64])
+        probs = clf.predict(batch)
+        assert FakeCuda.depth == 0  # every push popped
+        with pytest.raises(ValueError, match="this model takes"):
+            clf.predict(batch[:, :, :32])
+    assert [c[1] for c in trt.calls if c[0] == "execute"] == [8, 8, 4]  # chunked to the max batch
+    session = ort.InferenceSession(tiny, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(probs, session.run(["probs"], {"input": batch})[0], atol=1e-6)
+    assert FakeCuda.detached and FakeCuda.memory == {}  # buffers freed, context released
+    stats = export_trt.verify_engine(engine, tiny, images)
+    assert stats["argmax_agree"] == 1.0 and stats["max_diff"] < 1e-6
+    assert "TensorRT FP16 vs onnxruntime: 20 images" in capsys.readouterr().out
+
+
+def test_cli_int8_calibrates_and_nano_refuses(tiny, tmp_path, monkeypatch, capsys):
+    from export_helpers import FMD, install_fakes
+    calib = os.path.join(FMD, "with_mask")
+    engine = str(tmp_path / "tiny.int8.engine")
+    trt = install_fakes(monkeypatch, 10)
+    assert export_trt.main([tiny, "-o", engine, "--int8", "--calib", calib, "--images", "16"]) == 0
+    assert ("calibrated", 64, 8) in trt.calls  # 512 images in batches of 8
+    assert read_sidecar(engine)["precision"] == "int8" and os.path.isfile(engine + ".calib")
+    install_fakes(monkeypatch, 8, fast_int8=False)  # the Nano
+    nano = str(tmp_path / "nano.engine")
+    assert export_trt.main([tiny, "-o", nano, "--int8", "--calib", calib]) == 1
+    assert "INT8 refused: Fake GPU has no fast INT8 (the Jetson Nano" in capsys.readouterr().err
+    assert not os.path.exists(nano)
+
+
 # -- with TensorRT and a GPU (a Jetson, or an x86 machine with pip install tensorrt pycuda) ---------
 
 @pytest.fixture(scope="module")
