@@ -257,10 +257,15 @@ def _v4l2(uri, opt):
         # The Jetson decodes MJPEG in hardware; elsewhere jpegdec does it on the CPU.
         decoder = "nvv4l2decoder mjpeg=1" if gst.has_element("nvv4l2decoder") else "jpegdec"
         head = "{} ! {}".format(_mode_caps("image/jpeg", opt), decoder)
-    elif fmt == "raw" or opt["width"] or opt["fps"]:
+    elif fmt == "raw":
         head = _mode_caps("video/x-raw", opt)
+    elif fmt == "auto" and not (opt["width"] or opt["fps"]):
+        head = "decodebin"  # the camera's default mode; decodebin decodes what needs it
     elif fmt == "auto":
-        head = "decodebin"  # raw passes through; MJPEG or H.264 cameras get a decoder
+        # Raw or MJPEG, whichever the camera offers in this mode (many USB cameras give
+        # 720p30 only as MJPEG); decodebin passes raw through and decodes the rest.
+        head = 'capsfilter caps="{};{}" ! decodebin'.format(
+            _mode_caps("video/x-raw", opt), _mode_caps("image/jpeg", opt))
     else:
         raise ConfigError("source option format must be auto, raw or mjpeg, not "
                           "'{}'".format(fmt))

@@ -332,6 +332,9 @@ def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
     open_source("v4l2:///dev/video0", format="mjpeg", width=1280, height=720, fps=30)
     assert "image/jpeg,width=1280,height=720,framerate=30/1 ! nvv4l2decoder mjpeg=1 ! " \
            "nvvidconv" in built["v4l2:///dev/video0"]
+    open_source("/dev/video0", width=640, height=480)  # auto: raw or MJPEG, decodebin
+    assert 'capsfilter caps="video/x-raw,width=640,height=480;image/jpeg,width=640,' \
+           'height=480" ! decodebin ! nvvidconv' in built["/dev/video0"]
     open_source(data_path(*VIDEO))
     assert "decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert" in \
            built[data_path(*VIDEO)]
