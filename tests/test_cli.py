@@ -82,6 +82,31 @@ def test_sigterm_flushes_events_and_closes_the_video(tmp_path, model_path):  # n
     assert count_frames(str(video)) == len(lines)
 
 
+def test_systemd_notify_and_health_file(tmp_path, model_path):  # noqa: F811
+    import socket
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.1)
+    health = tmp_path / "health.json"
+    done = run_edge("test://?num-buffers=40&fps=20", "--headless", "--detector", "haar", "--model", model_path,
+                    "--backend", "ort", "--health-file", health,
+                    env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "20000"})
+    assert done.returncode == 0, done.stderr
+    messages = []
+    try:
+        while True:
+            messages.append(sock.recv(4096).decode())
+    except socket.timeout:
+        pass
+    sock.close()
+    kinds = [m.split("\n")[0].split("=")[0] for m in messages]
+    assert kinds[0] == "READY" and kinds[-1] == "STOPPING"
+    assert "WATCHDOG" in kinds
+    state = json.loads(health.read_text())
+    assert state["frames"] == 40 and state["last_frame_time"] and "source_state" in state
+
+
 def test_still_photo_mode_on_a_folder(tmp_path, model_path):  # noqa: F811
     need_detector()
     folder = tmp_path / "photos"
