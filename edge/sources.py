@@ -22,7 +22,7 @@ import logging
 import os
 import re
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from edge import gst
 from edge.errors import ConfigError, SourceError
@@ -176,6 +176,8 @@ def open_source(uri, **options):
         raise SourceError("unknown input scheme in '{}': use one of {}, a video or image "
                           "path, or a folder of images".format(redact(uri), ", ".join(SCHEMES)))
     path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if uri.startswith("file://") and not os.path.exists(path):
+        path = unquote(path)  # file:///my%20clip.mp4, as a browser or a file manager writes it
     if os.path.isdir(path):
         paths = sorted(os.path.join(path, name) for name in os.listdir(path)
                        if name.lower().endswith(IMAGE_EXTENSIONS))

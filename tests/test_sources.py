@@ -73,13 +73,17 @@ def test_shared_video_every_frame_in_order_in_bgr():
     assert np.abs(first[..., ::-1] - reference).mean() > 3 * np.abs(first - reference).mean()
 
 
-def test_still_image(shared_data):
+def test_still_image(shared_data, tmp_path):
     folder = data_path("kaggle853", "images")
     name = sorted(os.listdir(folder))[0]
     source = open_source(os.path.join(folder, name))
     frames = read_all(source)
     assert len(frames) == 1 and frames[0].name == name and source.state == "eos"
     assert np.array_equal(frames[0].image, cv2.imread(os.path.join(folder, name)))
+    spaced = tmp_path / "a photo.jpg"
+    shutil.copy(os.path.join(folder, name), str(spaced))
+    uri = "file://" + str(spaced).replace(" ", "%20")  # a percent-encoded file URI
+    assert read_all(open_source(uri))[0].name == "a photo.jpg"
 
 
 def test_folder_sorted_and_broken_image_skipped(tmp_path, caplog):
