@@ -163,7 +163,7 @@ class Pipeline(object):
         self.errors = 0           # frames that raised
         self.faces_seen = 0       # sum over frames of faces reported
         self.fps = 0.0            # smoothed, for the HUD and health
-        self._last_time = None
+        self._last_time = self._frame_time = None
         self._last_error_log = None
         self._errors_unlogged = 0
 
@@ -239,8 +239,10 @@ class Pipeline(object):
         now = time.perf_counter()
         if self._last_time is not None:
             dt = max(now - self._last_time, 1e-6)
-            # An exponential average: steady on screen, follows a change within ~1 s.
-            self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+            # An exponential average of frame times (not of rates, which the fast frames
+            # between detections would inflate): steady on screen, follows a change.
+            self._frame_time = dt if self._frame_time is None else 0.95 * self._frame_time + 0.05 * dt
+            self.fps = 1.0 / self._frame_time
         self._last_time = now
 
     def _log_error(self):
