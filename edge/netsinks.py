@@ -122,7 +122,11 @@ class RtspSink(Sink):
         source = self._context.find_source_by_id(self._source_id)
         if source is not None:
             source.destroy()
-        self._loop.quit()
+        # Quit from inside the loop: a quit() that came before run() started would be lost.
+        from gi.repository import GLib
+        loop, idle = self._loop, GLib.Idle()
+        idle.set_callback(lambda *args: loop.quit() or False)
+        idle.attach(self._context)
         self._thread.join(5.0)
         self._loop = None
 
@@ -163,7 +167,9 @@ class MjpegSink(Sink):
             raise SinkError("cannot serve HTTP on {}:{} ({})".format(host, port, exc))
         self._server.sink = self
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mjpeg-http")
+        # A short poll interval: close() waits one interval for the server to stop.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
+                                        name="mjpeg-http")
         self._thread.daemon = True
         self._thread.start()
         log.info("MJPEG output at http://%s:%d/%s", host, self.port,
