@@ -114,7 +114,12 @@ def check_sidecar(info, trt_version, gpu, engine_path):
 
 
 class TrtClassifier(object):
-    """A TensorRT engine behind the classifier interface: ``predict(NCHW float32) -> (N, C) probs``."""
+    """A TensorRT engine behind the classifier interface: ``predict(NCHW float32) -> (N, C) probs``.
+
+    ``meta`` (the model's metadata), ``classes``, ``max_batch`` and ``backend`` ("trt") come
+    from the sidecar. One execution context: call ``predict`` from one thread at a time
+    (any thread; the CUDA context is pushed around each call).
+    """
 
     backend = "trt"
 

@@ -229,7 +229,11 @@ def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx",
+        description="Export a training checkpoint to a self-describing ONNX model (opset %d, dynamic batch, "
+                    "softmax in the graph), written only after onnxruntime matches PyTorch on real faces "
+                    "(every top class equal, |dprob| <= %g)." % (OPSET, PARITY_TOL))
     parser.add_argument("checkpoint", help="a checkpoint written by train (.pt)")
     parser.add_argument("-o", "--output", help="ONNX path (default: the checkpoint's name with .onnx)")
     parser.add_argument("--verify", metavar="FOLDER",

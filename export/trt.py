@@ -133,7 +133,7 @@ def build_engine(onnx_path, engine_path, max_batch=16, precision="fp16", workspa
     info = {"meta": meta, "onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
             "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "max_batch": int(max_batch),
             "workspace_mb": int(workspace_mb), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _atomic_write(engine_path, bytes(serialized))
+    _atomic_write(engine_path, serialized)  # IHostMemory: a buffer, written as the samples do
     write_sidecar(engine_path, info)
     return info
 
@@ -179,13 +179,17 @@ def verify_engine(engine_path, onnx_path, images, log=print):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.trt",
+        description="Build a TensorRT engine (+ ENGINE.json sidecar) from an exported ONNX model, or from a "
+                    "checkpoint (exported first). Run it on the device that will use the engine: engines are "
+                    "tied to their TensorRT version and GPU.")
     parser.add_argument("model", help="an ONNX model from export.onnx, or a training checkpoint (.pt)")
     parser.add_argument("-o", "--output", help="engine path (default: the model's name with .engine)")
     parser.add_argument("--max-batch", type=int, default=16, help="largest batch of faces (default 16)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 (the default)")
-    mode.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
+    mode.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="full precision")
     mode.add_argument("--int8", dest="precision", action="store_const", const="int8",
                       help="INT8 calibrated on --calib (Xavier/Orin; the Nano has no INT8)")
     parser.add_argument("--calib", metavar="FOLDER", help="face images for INT8 calibration (a few hundred)")
