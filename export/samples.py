@@ -81,7 +81,7 @@ def voc_crops(root, limit, margin=0.15):
 
 
 def verification_images(folder=None, limit=48, margin=0.15):
-    """Face images for a check: from ``folder`` if given, else the development data.
+    """Face images for a check: from ``folder`` if given (images, or a VOC scene set), else the dev data.
 
     The default mixes fmd's two class folders (tight crops) with kaggle853 scene crops
     (small, blurry faces: the regime the Nano sees). Returns ``(name, rgb)`` pairs;
@@ -90,7 +90,10 @@ def verification_images(folder=None, limit=48, margin=0.15):
     if folder is not None:
         if not os.path.isdir(folder):
             raise FileNotFoundError("verification folder not found: %s" % folder)
-        images = folder_images(folder, limit) or voc_crops(folder, limit, margin)
+        if os.path.isdir(os.path.join(folder, "annotations")):  # a VOC scene set: its face boxes
+            images = voc_crops(folder, limit, margin)
+        else:
+            images = folder_images(folder, limit)
         if not images:
             raise FileNotFoundError("no decodable images in %s" % folder)
         return images

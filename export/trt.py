@@ -216,7 +216,12 @@ def _parse_args(argv):
 
 def _export_first(checkpoint, verify):
     """A checkpoint -> its verified ONNX beside it (workstation only: this imports torch)."""
-    from export.onnx import ExportError, export_onnx
+    try:
+        from export.onnx import ExportError, export_onnx
+    except ImportError as exc:
+        raise BuildError("exporting a checkpoint needs PyTorch and onnx (%s). On a Jetson, export on the "
+                         "workstation (python -m export.onnx %s), copy the .onnx here and give that instead"
+                         % (exc, checkpoint))
     onnx_path = os.path.splitext(checkpoint)[0] + ".onnx"
     print("exporting %s -> %s first" % (checkpoint, onnx_path), flush=True)
     try:

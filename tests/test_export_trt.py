@@ -164,6 +164,14 @@ def test_argument_errors(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_checkpoint_without_torch_says_to_export_on_the_workstation(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "export.onnx", None)  # as on the Nano: no torch, no onnx
+    assert export_trt.main([str(checkpoint)]) == 1
+    assert "exporting a checkpoint needs PyTorch" in capsys.readouterr().err
+
+
 def _fake_engine(api):
     """Minimal stand-ins with exactly the attributes of one TensorRT API generation."""
     calls = []
