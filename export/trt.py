@@ -119,7 +119,11 @@ def build_engine(onnx_path, engine_path, max_batch=16, precision="fp16", workspa
             images = verification_images(calib_folder, limit=512, margin=meta["crop_margin"])
             log("INT8 calibration on %d real images from %s" % (len(images), calib_folder))
             config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = make_calibrator(trt, cuda, device_batch(images, meta), engine_path + ".calib")
+            # The ranges cache is keyed on the model: a retrained model never reuses stale ranges.
+            table = "%s.%s.calib" % (engine_path, hashlib.sha256(data).hexdigest()[:16])
+            if os.path.isfile(table):
+                log("reusing INT8 calibration table %s (delete it to recalibrate)" % table)
+            config.int8_calibrator = make_calibrator(trt, cuda, device_batch(images, meta), table)
             trt_compat.set_calibration_profile(config, profile)
         log("building %s engine (TensorRT %s, %s, batch 1..%d, workspace %d MB)"
             % (precision.upper(), trt.__version__, gpu, max_batch, workspace_mb))
