@@ -11,6 +11,7 @@ model runs in onnxruntime only, imported when the detector is created.
 import cv2
 import numpy as np
 
+from edge.classify import select_providers
 from edge.errors import ModelError
 
 from .base import Detector, empty, model_file
@@ -47,23 +48,6 @@ def decode(loc, anchors):
     centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTER * anchors[:, 2:3]
     size = anchors[:, 2:3] * np.exp(loc[:, 2:4] * VARIANCE_SIZE)
     return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-
-
-def select_providers(available, requested=None):
-    """onnxruntime providers: ``requested`` if given, else CUDA where present, then CPU."""
-    if requested:
-        missing = [p for p in requested if p not in available]
-        if missing:
-            raise ModelError("onnxruntime provider(s) %s not available here (available: %s)"
-                             % (", ".join(missing), ", ".join(available)))
-        return list(requested)
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-# Box style of the kaggle853 annotations (they start at the brows, detectors at the hairline),
-# as the median side offsets in units of the detector's box, fitted on the train split by
-# `bench/detectors.py --fit-box-adjust`: matching it lifts recall at IoU 0.5 and gives the
-# classifier crops framed like its training crops.
-BOX_ADJUST = (-0.008, 0.169, 0.046, 0.083)
 
 
 class RetinaFaceDetector(Detector):
