@@ -321,3 +321,30 @@ def test_dockerfiles_pass_hadolint(name):
     for i, line in enumerate(lines):
         if "hadolint ignore" in line:  # an ignore says why, on the comment line above it
             assert lines[i - 1].startswith("# ") and "hadolint" not in lines[i - 1], line
+
+
+# -- the soak's verdict -------------------------------------------------------------------
+
+def soak_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("soak", os.path.join(ROOT, "scripts", "soak.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_verdict_flags_a_leak_and_passes_a_flat_process():
+    soak = soak_module()
+
+    def rows(rss_per_min, fds=lambda t: 14):
+        return [{"t_s": t, "rss_mb": 250.0 + rss_per_min * t / 60.0, "fds": fds(t),
+                 "frames": t * 10} for t in range(0, 1200, 5)]
+
+    flat = soak.verdict(rows(0.0), 180, 60, 16.0, 2)
+    assert flat["pass"] and flat["rss_growth_mb"] == 0.0 and flat["fd_growth"] == 0
+    leak = soak.verdict(rows(2.0), 180, 60, 16.0, 2)  # 2 MB a minute: 32 MB over 16 min
+    assert not leak["pass"] and "RSS grew" in leak["reason"]
+    assert 115 < leak["rss_slope_mb_per_h"] < 125
+    fds = soak.verdict(rows(0.0, fds=lambda t: 14 + t // 300), 180, 60, 16.0, 2)
+    assert not fds["pass"] and "open fds grew by 3" in fds["reason"]
+    assert not soak.verdict(rows(0.0)[:30], 180, 60, 16.0, 2)["pass"]  # too short
