@@ -371,3 +371,41 @@ def test_live_source_that_fails_before_its_first_frame_fails_at_open():
     assert source.state == "opening"
     assert source.read(timeout=2.0) is not None and source.state == "streaming"
     source.close()
+
+
+def test_rtsp_camera_with_audio_gives_its_video():
+    """Many IP cameras send audio too: only the video stream is decoded."""
+    pytest.importorskip("gi")
+    import gi
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, GstRtspServer
+    gst.init()
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service("0")
+    context = GLib.MainContext.new()
+    server.attach(context)
+    loop = GLib.MainLoop.new(context, False)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(  # the audio stream comes first, as on many cameras
+        "( audiotestsrc is-live=true ! alawenc ! rtppcmapay name=pay0 pt=8 "
+        "videotestsrc is-live=true ! video/x-raw,width=64,height=48 ! videoconvert ! "
+        "video/x-raw,format=I420 ! x264enc tune=zerolatency speed-preset=ultrafast ! "
+        "rtph264pay name=pay1 pt=96 )")
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/av", factory)
+    source = None
+    try:
+        source = open_source("rtsp://127.0.0.1:%d/av" % server.get_bound_port(), latency=0)
+        frames = [source.read(timeout=5.0) for _ in range(5)]
+        assert all(f is not None and f.image.shape == (48, 64, 3) for f in frames)
+    finally:
+        if source is not None:
+            source.close()
+        server.client_filter(lambda *args: GstRtspServer.RTSPFilterResult.REMOVE)
+        idle = GLib.Idle()
+        idle.set_callback(lambda *args: loop.quit() or False)
+        idle.attach(context)
+        thread.join(5)
