@@ -33,8 +33,11 @@ CONFIGS = {
     "retina@native": ("retinaface", {"input_size": None}),
     "retina@1280": ("retinaface", {"input_size": 1280}),
     "retina@960": ("retinaface", {"input_size": 960}),
+    "retina@800": ("retinaface", {"input_size": 800}),
     "retina@640": ("retinaface", {"input_size": 640}),
     "retina@480": ("retinaface", {"input_size": 480}),
+    "retina@640x2t": ("retinaface", {"input_size": 640, "threads": 2}),
+    "retina@640raw": ("retinaface", {"input_size": 640, "box_adjust": None}),
 }
 LABELS = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
 
