@@ -77,3 +77,57 @@ def comparison_table(results):
                                            results[0]["input"])
     return head + table(["detector + model", "rec@.5", "rec@.3"] + ["%spx" % s for s in sizes] +
                         [">=32px", "FP/img", "AP mask", "AP no_mask", "mAP", "ms/img"], rows)
+
+
+def _stage_rows(stages):
+    return [[name, s["p50_ms"], s["p95_ms"], s["p99_ms"], s["mean_ms"], s["count"]]
+            for name, s in stages.items()]
+
+
+def bench_text(report):
+    """The edge-bench report: runs, stages, speed-up, sweep and the Nano estimate."""
+    c = report["config"]
+    out = ["edge-bench %s%s: %s (input %s) every %d frame(s), %s (%s) batch %s, classify every %d; "
+           "%d warm-up frames\n" % (
+               report["input"], " -> " + ", ".join(report["outputs"]) if report["outputs"] else "",
+               c["detector"], c["detector_input"] or "default", c["detect_every"],
+               os.path.basename(c["model"]), report["run"]["backend"], c["max_batch"],
+               c["classify_every"], report["warmup"])]
+    runs = [("default", report["run"])] + ([("baseline", report["baseline"])] if "baseline" in report else [])
+    rows = [[name, r["frames"], r["fps"], r["faces_per_frame"], r["classified_per_frame"],
+             r["classifications_per_s"], "%.0f%%" % r["cpu"]["cpu_percent"], r["peak_rss_mb"]]
+            for name, r in runs]
+    out.append("\n" + table(["run", "frames", "FPS", "faces/frame", "classified/frame",
+                             "classif./s", "CPU", "peak MiB"], rows))
+    if "speedup" in report:
+        out.append("default / baseline (every face, every frame, one at a time): %sx\n"
+                   % report["speedup"])
+    for name, r in runs:
+        out.append("\n%s run, latency per stage call (ms; capture = read + decode, write = encode):\n" % name)
+        out.append(table(["stage", "p50", "p95", "p99", "mean", "calls"], _stage_rows(r["stages"])))
+        if r["jetson"].get("available"):
+            out.append(table(["jetson reading", "mean", "max"],
+                             [[k, v["mean"], v["max"]] for k, v in r["jetson"].items() if k != "available"]))
+    for entry in report.get("sweep", ()):
+        out.append("\nclassifier sweep: %s (%dx%d, %s), %d crops x %d, preprocess %.3f ms/face, "
+                   "%s MFLOPs/face\n" % (
+                       os.path.basename(entry["model"]), entry["input_size"][0], entry["input_size"][1],
+                       entry["backend"], entry["faces"], entry["repeat"], entry["preprocess_ms_per_face"],
+                       "-" if not entry["flops_per_face"] else "%.0f" % (entry["flops_per_face"] / 1e6)))
+        out.append(table(["batch", "faces/s", "ms/face", "+preproc", "call p50", "call p95"],
+                         [[p["batch"], p["faces_per_s"], p["ms_per_face"], p["ms_per_face_with_preprocess"],
+                           p["call_p50_ms"], p["call_p95_ms"]] for p in entry["points"]]))
+    if "flops" in report:
+        f = report["flops"]
+        det = f["detector"] or {}
+        out.append("\nFLOPs: classifier %s per face (input %s), detector %s per call (input %s)\n" % (
+            _g(f["classifier_flops"]), f["classifier_input"], _g(det.get("flops")), det.get("input", "-")))
+        out.append("Jetson Nano ESTIMATE (not measured; 472 GFLOPS FP16 peak x efficiency, GPU work only):\n")
+        out.append(table(["efficiency", "detector ms", "classifier ms/face", "ms/frame", "FPS bound"],
+                         [[k, v["detector_ms"], v["classifier_ms_per_face"], v["ms_per_frame"], v["fps_bound"]]
+                          for k, v in f["nano_estimate"].items()]))
+    return "".join(out)
+
+
+def _g(flops):
+    return "-" if not flops else "%.3f GFLOPs" % (flops / 1e9)

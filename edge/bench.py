@@ -1,0 +1,262 @@
+"""``edge-bench INPUT [OUTPUT ...]``: how fast the service runs, stage by stage.
+
+It runs the service's own code (``pipeline.build_analyzer`` / ``build_pipeline`` /
+``run``) on a video, camera or folder with the service's settings (the same flags as
+``python -m edge``), first ``--warmup`` frames unmeasured, then reports per stage
+(capture = read/decode, detect, preprocess, classify, track, draw, write = encode)
+p50/p95/p99 latency, end-to-end FPS, faces per frame, classifications per second, CPU
+use and peak memory (and GPU load, power and temperatures on a Jetson with jetson-stats).
+Drawing and encoding are timed when there is an OUTPUT (``none`` draws and discards).
+
+- ``--baseline``: the same input again, every face classified on every frame one at a
+  time (config ``baseline``), with the same models; the report gives the FPS ratio.
+- ``--batch 1,4,8,16`` and/or ``--models a.onnx,b.onnx``: a classifier sweep on real
+  face crops of the input (faces/s, ms per face, per-batch latency) to choose the input
+  size and batch on numbers.
+- A FLOPs count of the detector and classifier and a Jetson Nano estimate from the
+  Nano's 472 GFLOPS FP16 peak (edge/flops.py), marked as an estimate.
+"""
+import argparse
+import collections
+import json
+import logging
+import os
+import sys
+
+from edge import benchstats
+from edge import config as cfg
+from edge import tables
+from edge.errors import ConfigError, ModelError, SinkError, SourceError
+from edge.model_meta import MetadataError
+
+log = logging.getLogger("edge.bench")
+
+
+def build_parser():
+    """The command line: INPUT, OUTPUT..., bench options, and the service's setting flags."""
+    parser = argparse.ArgumentParser(
+        prog="edge-bench", description="Speed of the face-mask service, stage by stage.",
+        epilog="Sweeps: --batch 1,4,8,16 and --models a.onnx,b.onnx time the classifier on "
+        "real face crops of INPUT. The Nano figures are estimates from FLOPs.")
+    parser.add_argument("input", help="video, camera URI or folder of images (as for python -m edge)")
+    parser.add_argument("outputs", nargs="*", metavar="OUTPUT",
+                        help="outputs to time drawing and encoding with (none: draw, discard)")
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--warmup", type=int, default=10, metavar="N",
+                        help="frames processed before measuring (default 10)")
+    parser.add_argument("--batch", metavar="LIST", help="classifier sweep: batch sizes, e.g. 1,4,8,16")
+    parser.add_argument("--models", metavar="LIST",
+                        help="classifier sweep: ONNX models (e.g. trained at 64, 96, 128 px)")
+    parser.add_argument("--sweep-faces", type=int, default=64, metavar="N",
+                        help="face crops in the sweep (default 64)")
+    parser.add_argument("--sweep-repeat", type=int, default=5, metavar="N",
+                        help="passes over the crops per sweep point (default 5)")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOPs count / Nano estimate")
+    cfg.add_arguments(parser)
+    return parser
+
+
+def _ints(text, what):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError("%s %r: expected comma-separated integers" % (what, text))
+    if not values or min(values) < 1:
+        raise ConfigError("%s %r: expected integers >= 1" % (what, text))
+    return values
+
+
+def baseline_outputs(uris):
+    """The outputs of the baseline run: files get a ``_baseline`` suffix, others are reused."""
+    out = []
+    for uri in uris:
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        stem, ext = os.path.splitext(path)
+        if "://" not in path and ext and uri != "none":
+            out.append(stem + "_baseline" + ext)
+        else:
+            out.append(uri)
+    return out
+
+
+def measure(config, detector=None, classifier=None, warmup=10, outputs=()):
+    """Run the service pipeline over ``config["input"]``; the measured dict of one run.
+
+    ``detector``/``classifier``: already-loaded models to reuse (the baseline run uses
+    the default run's, so that both measure the same models).
+    """
+    from edge import pipeline as pl
+    from edge.events import EventWriter
+    from edge.sinks import open_sinks
+    from edge.sources import open_source
+
+    timer = pl.StageTimer()
+    if detector is None:
+        analyzer = pl.build_analyzer(config, timer=timer)
+    else:
+        analyzer = pl.FaceAnalyzer(detector, classifier, timer=timer,
+                                   max_batch=1 if config["baseline"] else config["classifier"]["max_batch"])
+    source = open_source(config["input"], **config["source"])
+    pipeline = None
+    try:
+        first = _first_frames(source, 2)
+        if not first:
+            raise SourceError("%s gave no frame" % config["input"])
+        out = config["output"]
+        fps = out["fps"] or _fps_from(first) or config["source"]["fps"] or 30.0
+        sinks = open_sinks(list(outputs), fps, bitrate=out["bitrate"], quality=out["quality"],
+                           token=out["token"])
+        ev = config["events"]
+        events = EventWriter(ev["path"], ev["flush_every"]) if ev["path"] else None
+        pipeline = pl.build_pipeline(config, analyzer, sinks, events)
+        pending = first
+        if warmup:
+            pl.run(pipeline, source, max_frames=warmup, pending=pending)
+            pending = []
+        timer.reset()
+        frames0, faces0 = pipeline.frames, pipeline.faces_seen
+        classified0, calls0 = analyzer.classified, analyzer.predict_calls
+        limit = config["max_frames"]
+        clock = benchstats.CpuClock().start()
+        jetson = benchstats.JetsonStats().start()
+        summary = pl.run(pipeline, source, max_frames=pipeline.frames + limit if limit else 0,
+                         pending=pending)
+        device = jetson.stop()
+        cpu = clock.stop()
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+        source.close()
+    frames = pipeline.frames - frames0
+    if frames < 1:
+        raise SourceError("%s ended during the %d warm-up frames: nothing left to measure "
+                          "(use a longer input or --warmup 0)" % (config["input"], warmup))
+    seconds = summary["seconds"]
+    classified = analyzer.classified - classified0
+    stages = summary["stages"]
+    detects = stages.get("detect", {}).get("count", 0)
+    result = collections.OrderedDict([
+        ("frames", frames), ("errors", pipeline.errors), ("seconds", seconds),
+        ("fps", round(frames / seconds, 2) if seconds else None),
+        ("faces_per_frame", round((pipeline.faces_seen - faces0) / float(frames), 2)),
+        ("classified", classified),
+        ("classifications_per_s", round(classified / seconds, 1) if seconds else None),
+        ("classified_per_frame", round(classified / float(frames), 3)),
+        ("detections_per_frame", round(detects / float(frames), 3)),
+        ("predict_calls", analyzer.predict_calls - calls0),
+        ("stages", stages),
+        ("cpu", cpu), ("peak_rss_mb", benchstats.peak_rss_mb()), ("jetson", device),
+        ("backend", getattr(analyzer.classifier, "backend", None)),
+        ("frame_size", [int(first[0].image.shape[1]), int(first[0].image.shape[0])]),
+    ])
+    return result, analyzer
+
+
+def _first_frames(source, count):
+    frames = []
+    while len(frames) < count and source.is_streaming:
+        frame = source.read(timeout=1.0)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def _fps_from(frames):
+    if len(frames) < 2 or frames[0].pts is None or frames[1].pts is None:
+        return None
+    step = frames[1].pts - frames[0].pts
+    return round(1.0 / step, 3) if 0.001 < step < 10 else None
+
+
+def flops_report(config, analyzer, frame_size, run):
+    """FLOPs of the detector and classifier and the Nano estimate for ``run``'s frame mix."""
+    from edge import flops
+    h, w = [int(v) for v in analyzer.classifier.meta["input_size"]]
+    try:
+        cls = flops.onnx_flops(cfg.resolve_path(config["classifier"]["model"]), (1, 3, h, w))["flops"]
+    except ImportError:
+        cls = None
+    det = flops.detector_flops(analyzer.detector, frame_size,
+                               cfg.resolve_path(config["detector"]["models_dir"]))
+    det_flops = det["flops"] if det else None
+    out = collections.OrderedDict([
+        ("note", "ESTIMATE from FLOPs and the Nano's 472 GFLOPS FP16 peak at the stated "
+                 "efficiencies; GPU work only (no decode, copies, Python or drawing); "
+                 "not a measurement"),
+        ("classifier_flops", cls), ("classifier_input", [h, w]), ("detector", det),
+    ])
+    per_frame = (det_flops or 0) * run["detections_per_frame"] + (cls or 0) * run["classified_per_frame"]
+    out["flops_per_frame"] = int(per_frame) if per_frame else None
+    estimates = collections.OrderedDict()
+    for eff in flops.EFFICIENCIES:
+        key = "%d%%" % round(100 * eff)
+        ms = flops.nano_ms(per_frame, eff)
+        estimates[key] = {"classifier_ms_per_face": _round(flops.nano_ms(cls, eff), 3),
+                          "detector_ms": _round(flops.nano_ms(det_flops, eff), 2),
+                          "ms_per_frame": _round(ms, 2),
+                          "fps_bound": _round(1000.0 / ms, 1) if ms else None}
+    out["nano_estimate"] = estimates
+    return out
+
+
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def main(argv=None):
+    """Entry point of ``edge-bench``; exit status 0, 1 (input, output or model) or 2 (setting)."""
+    from edge import benchsweep
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = cfg.overrides_from_args(args)
+        overrides["input"] = args.input
+        overrides["headless"] = True
+        config = cfg.load(args.config, overrides)
+        batches = _ints(args.batch, "--batch") if args.batch else None
+        models = [m for m in (args.models or "").split(",") if m.strip()]
+        report = collections.OrderedDict([("input", args.input), ("outputs", list(args.outputs)),
+                                          ("warmup", args.warmup)])
+        report["config"] = _config_summary(config)
+        main_cfg = cfg.merge(config, {"baseline": False}, "edge-bench")
+        run, analyzer = measure(main_cfg, warmup=args.warmup, outputs=args.outputs)
+        report["run"] = run
+        if config["baseline"]:
+            base_cfg = cfg.merge(config, {"baseline": True}, "edge-bench")
+            base, _ = measure(base_cfg, analyzer.detector, analyzer.classifier, args.warmup,
+                              baseline_outputs(args.outputs))
+            report["baseline"] = base
+            report["speedup"] = round(run["fps"] / base["fps"], 2) if base["fps"] else None
+        if batches or models:
+            report["sweep"] = benchsweep.sweep(config, analyzer, models or [config["classifier"]["model"]],
+                                               batches or [1, config["classifier"]["max_batch"] or 16],
+                                               args.sweep_faces, args.sweep_repeat)
+        if not args.no_flops:
+            report["flops"] = flops_report(config, analyzer, run["frame_size"], run)
+        analyzer.classifier.close()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (SourceError, SinkError, ModelError, MetadataError) as exc:
+        log.error("%s", exc)
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write(tables.bench_text(report))
+    return 0
+
+
+def _config_summary(config):
+    det, clf = config["detector"], config["classifier"]
+    return collections.OrderedDict([
+        ("detector", det["name"]), ("detector_input", det["input_size"]),
+        ("detect_every", det["every"]), ("model", clf["model"]), ("backend", clf["backend"]),
+        ("max_batch", clf["max_batch"]), ("classify_every", clf["every"]),
+        ("max_frames", config["max_frames"]), ("baseline_compared", bool(config["baseline"])),
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
