@@ -282,6 +282,7 @@ def add_arguments(parser):
         dest = setting.key.replace(".", "__")
         text = "%s (%s; config: %s)" % (setting.help, setting.accepted(), setting.key)
         if setting.kind == "bool":
+            text = "%s (off: --no-%s; config: %s)" % (setting.help, setting.flag[2:], setting.key)
             group.add_argument(setting.flag, dest=dest, action="store_const", const=True,
                                default=argparse.SUPPRESS, help=text)
             group.add_argument("--no-" + setting.flag[2:], dest=dest, action="store_const",
