@@ -80,11 +80,16 @@ def baseline_outputs(uris):
     return out
 
 
-def measure(config, detector=None, classifier=None, warmup=10, outputs=()):
+# A live source has no end: without --max-frames it is measured for this many frames.
+LIVE_FRAMES = 300
+
+
+def measure(config, detector=None, classifier=None, warmup=10, outputs=(), should_stop=None):
     """Run the service pipeline over ``config["input"]``; the measured dict of one run.
 
     ``detector``/``classifier``: already-loaded models to reuse (the baseline run uses
-    the default run's, so that both measure the same models).
+    the default run's, so that both measure the same models). ``should_stop()`` ends
+    the measurement early (Ctrl-C): what was measured is reported.
     """
     from edge import pipeline as pl
     from edge.events import EventWriter
@@ -112,16 +117,16 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=()):
         pipeline = pl.build_pipeline(config, analyzer, sinks, events)
         pending = first
         if warmup:
-            pl.run(pipeline, source, max_frames=warmup, pending=pending)
+            pl.run(pipeline, source, should_stop, max_frames=warmup, pending=pending)
             pending = []
         timer.reset()
         frames0, faces0 = pipeline.frames, pipeline.faces_seen
         classified0, calls0 = analyzer.classified, analyzer.predict_calls
-        limit = config["max_frames"]
+        limit = config["max_frames"] or (LIVE_FRAMES if source.is_live else 0)
         clock = benchstats.CpuClock().start()
         jetson = benchstats.JetsonStats().start()
-        summary = pl.run(pipeline, source, max_frames=pipeline.frames + limit if limit else 0,
-                         pending=pending)
+        summary = pl.run(pipeline, source, should_stop,
+                         max_frames=pipeline.frames + limit if limit else 0, pending=pending)
         device = jetson.stop()
         cpu = clock.stop()
     finally:
@@ -129,6 +134,8 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=()):
             pipeline.close()
         source.close()
     frames = pipeline.frames - frames0
+    if frames < 1 and should_stop is not None and should_stop():
+        raise SourceError("stopped before any frame was measured")
     if frames < 1:
         raise SourceError("%s ended during the %d warm-up frames: nothing left to measure "
                           "(use a longer input or --warmup 0)" % (config["input"], warmup))
@@ -207,7 +214,16 @@ def _round(value, digits):
 def main(argv=None):
     """Entry point of ``edge-bench``; exit status 0, 1 (input, output or model) or 2 (setting)."""
     from edge import benchsweep
+    from edge.__main__ import Stopper
     args = build_parser().parse_args(argv)
+    stopper = Stopper().install()
+    try:
+        return _main(args, benchsweep, stopper.is_set)
+    finally:
+        stopper.restore()
+
+
+def _main(args, benchsweep, should_stop):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = cfg.overrides_from_args(args)
@@ -220,15 +236,16 @@ def main(argv=None):
                                           ("warmup", args.warmup)])
         report["config"] = _config_summary(config)
         main_cfg = cfg.merge(config, {"baseline": False}, "edge-bench")
-        run, analyzer = measure(main_cfg, warmup=args.warmup, outputs=args.outputs)
+        run, analyzer = measure(main_cfg, warmup=args.warmup, outputs=args.outputs,
+                                should_stop=should_stop)
         report["run"] = run
-        if config["baseline"]:
+        if config["baseline"] and not should_stop():
             base_cfg = cfg.merge(config, {"baseline": True}, "edge-bench")
             base, _ = measure(base_cfg, analyzer.detector, analyzer.classifier, args.warmup,
-                              baseline_outputs(args.outputs))
+                              baseline_outputs(args.outputs), should_stop)
             report["baseline"] = base
             report["speedup"] = round(run["fps"] / base["fps"], 2) if base["fps"] else None
-        if batches or models:
+        if (batches or models) and not should_stop():
             report["sweep"] = benchsweep.sweep(config, analyzer, models or [config["classifier"]["model"]],
                                                batches or [1, config["classifier"]["max_batch"] or 16],
                                                args.sweep_faces, args.sweep_repeat)
