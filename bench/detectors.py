@@ -161,6 +161,9 @@ def measure(name, spec, images, frames, repeat, confidence):
             times.append(time.perf_counter() - t0)
     # CPU time per frame (all threads): less sensitive than wall time to other processes
     # competing for the two cores, and the minimum wall time approximates an idle machine.
+    if not times:  # --repeat 0: recall only
+        return {"config": name, "p50_ms": np.nan, "p95_ms": np.nan, "min_ms": np.nan,
+                "cpu_ms": np.nan, "fps": np.nan, "still": still, "video": video}
     cpu_ms = (time.process_time() - cpu0) * 1000.0 / len(times)
     ms = np.percentile(np.array(times) * 1000, [50, 95])
     return {"config": name, "p50_ms": ms[0], "p95_ms": ms[1], "min_ms": min(times) * 1000,
@@ -171,7 +174,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=os.path.join("..", "shared", "data"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeat", type=int, default=1, help="timing passes over the 40 frames")
+    parser.add_argument("--repeat", type=int, default=1, help="timing passes over the 40 frames (0: recall only)")
     parser.add_argument("--confidence", type=float, default=0.5)
     parser.add_argument("--threads", type=int, help="cv2.setNumThreads for the run")
     parser.add_argument("--fit-box-adjust", action="store_true",

@@ -67,7 +67,7 @@ class RetinaFaceDetector(Detector):
     """
     name = "retinaface"
 
-    def __init__(self, models_dir, input_size=640, threads=1, providers=None,
+    def __init__(self, models_dir, input_size=960, threads=1, providers=None,
                  box_adjust=BOX_ADJUST, **common):
         Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, **common)
         path = model_file(models_dir, ONNX_FILE, self.name)
