@@ -35,7 +35,7 @@ def nms(boxes, scores, iou_threshold):
     between OpenCV 4.1 on the Nano and 4.x here); face counts are small, so it is cheap.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    order = np.argsort(-np.asarray(scores, np.float32), kind="mergesort")  # stable, numpy 1.13 too
     areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
     keep = []
     while order.size:
