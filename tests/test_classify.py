@@ -151,3 +151,49 @@ def test_backend_choice_and_errors(model, tmp_path):
     engine.write_bytes(b"x")
     with pytest.raises(ModelError, match="TensorRT engine"):
         load_classifier(str(engine), backend="ort")
+
+
+SHIPPED = os.path.join(ROOT, "models", "mask_classifier.onnx")
+
+
+def test_shipped_model_labels_detected_faces_of_real_scenes():
+    """Detection + classification on real test-split scenes against their annotations."""
+    if not os.path.isfile(SHIPPED):
+        pytest.skip("models/mask_classifier.onnx is not there yet (make train)")
+    if not os.path.isdir(KAGGLE):
+        pytest.skip("../shared/data/kaggle853 is absent (the shared data set)")
+    from edge.detect import create_detector
+    try:
+        detector = create_detector("retinaface", confidence=0.3)
+    except ModelError as exc:
+        pytest.skip(str(exc))
+    classifier = load_classifier(SHIPPED)
+    assert classifier.backend == "ort"
+    names = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
+    right = total = 0
+    for name in ("maksssksksss96", "maksssksksss249", "maksssksksss347", "maksssksksss665",
+                 "maksssksksss698", "maksssksksss702", "maksssksksss760"):
+        image = cv2.imread(os.path.join(KAGGLE, "images", name + ".jpg"))
+        root = ET.parse(os.path.join(KAGGLE, "annotations", name + ".xml")).getroot()
+        truth = [(names[o.find("name").text],
+                  [float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")])
+                 for o in root.iter("object")]
+        boxes, _ = detector.detect(image)
+        probs = classify_faces(classifier, image, boxes)
+        assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        for label, box in truth:
+            if label not in classifier.classes or max(box[2] - box[0], box[3] - box[1]) < 24:
+                continue
+            ious = [_iou(box, b) for b in boxes]
+            if ious and max(ious) >= 0.5:
+                total += 1
+                right += classifier.classes[int(np.argmax(probs[int(np.argmax(ious))]))] == label
+    assert total >= 25
+    assert right >= 0.8 * total, "%d of %d detected faces labelled as annotated" % (right, total)
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
