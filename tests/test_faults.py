@@ -260,3 +260,32 @@ def test_full_disk_stops_the_video_not_the_service(model, tmp_path):
         assert service.state()["errors"] == 0  # ...and no frame failed because of it
     finally:
         subprocess.run(["umount", "-l", small])
+
+
+def test_camera_absent_at_boot_is_waited_for(model, tmp_path):
+    """The appliance config's source.retry_open: READY anyway, health says reconnecting,
+    and the camera is picked up when it appears."""
+    pytest.importorskip("gi")
+    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = str(tmp_path / "notify.sock")
+    notify_sock.bind(notify_path)
+    notify_sock.settimeout(60)
+    port = free_port()
+    service = Service(tmp_path, ["rtsp://127.0.0.1:%d/cam" % port, "none", "--retry-open",
+                                 "--backoff", "0.5", "--backoff-max", "1"] + base_args(model),
+                      env={"NOTIFY_SOCKET": notify_path})
+    camera = None
+    try:
+        recv_until(notify_sock, b"READY=1")  # up and supervised, without a camera
+        doc = service.wait_for(lambda d: d.get("source_state") == "reconnecting", timeout=30)
+        assert doc["frames"] == 0 and doc["status"] in ("starting", "stale")
+        camera = start_camera(port)
+        service.wait_for(lambda d: d.get("source_state") == "streaming"
+                         and (d.get("frames") or 0) >= 5, timeout=60)
+    finally:
+        code = service.stop()
+        notify_sock.close()
+        if camera is not None:
+            camera.terminate()
+            camera.wait(timeout=10)
+    assert code == 0, service.log()
