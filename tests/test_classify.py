@@ -197,3 +197,23 @@ def _iou(a, b):
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_auto_builds_and_uses_a_tensorrt_engine_where_tensorrt_imports(model, faces, tmp_path, monkeypatch):
+    """The trt path's control flow (engine cache, TrtClassifier) with the export tests'
+    TensorRT stand-in, which runs the engine's bytes in onnxruntime: no GPU here."""
+    from export_helpers import install_fakes
+    from edge.preprocess import crops_to_batch
+    reference = OrtClassifier(model[0])
+    batch = crops_to_batch(faces[1][0], faces[1][1], model[1])[0]
+    install_fakes(monkeypatch, 10)
+    classifier = load_classifier(model[0], max_batch=4, engine_cache=str(tmp_path))
+    assert classifier.backend == "trt" and classifier.max_batch == 4
+    assert classifier.classes == reference.classes
+    assert np.abs(classifier.predict(batch) - reference.predict(batch)).max() < 1e-5
+    classifier.close()
+    engines = [f for f in os.listdir(str(tmp_path)) if f.endswith(".engine")]
+    assert len(engines) == 1
+    again = load_classifier(str(tmp_path / engines[0]), backend="auto")
+    assert again.backend == "trt"
+    again.close()
