@@ -71,6 +71,7 @@ install_apt() {
     gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
+    gstreamer1.0-x
   )
   # TensorRT's Python binding comes with JetPack; in a container the nvidia runtime
   # mounts it from the host instead.

@@ -310,6 +310,22 @@ def test_install_scripts_pass_shellcheck(name):
     assert os.access(os.path.join(ROOT, "scripts", name), os.X_OK)
 
 
+def test_install_script_refuses_anything_but_a_jetson():
+    """Run here (not a Nano), it stops before touching the system, saying why."""
+    if os.path.exists("/etc/nv_tegra_release"):
+        pytest.skip("this is a Jetson: the installer would really install")
+    before = os.path.exists("/opt/maskgate"), os.path.exists("/etc/maskgate")
+    proc = subprocess.run([os.path.join(ROOT, "scripts", "install-jetson.sh"), "--no-start"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1
+    assert "not a Jetson" in out or "run as root" in out, out
+    assert (os.path.exists("/opt/maskgate"), os.path.exists("/etc/maskgate")) == before
+    bad = subprocess.run([os.path.join(ROOT, "scripts", "uninstall-jetson.sh"), "--bogus"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert bad.returncode == 1 and b"unknown option --bogus" in bad.stdout
+
+
 @pytest.mark.parametrize("name", ["Dockerfile.jetson", "Dockerfile.cpu"])
 def test_dockerfiles_pass_hadolint(name):
     # --failure-threshold style: even "info" findings fail; ignores in the file carry a reason.
