@@ -268,7 +268,7 @@ def test_unit_is_a_notify_service_with_watchdog_and_sandbox():
     for key, value in expected.items():
         assert s.get(key) == [value], key
     assert int(s["WatchdogSec"][0]) >= 10 and s["TimeoutStartSec"] == ["30min"]
-    assert int(s["StartLimitBurst"][0]) >= 3
+    assert int(s["StartLimitBurst"][0]) >= 3 and s["RestartPreventExitStatus"] == ["2"]
     assert {"char-video4linux rw", "char-nvhost-* rw", "/dev/nvmap rw"} <= set(s["DeviceAllow"])
     assert s["ExecStart"] == [PREFIX + "/.venv/bin/python -m edge --config /etc/maskgate/config.yaml"]
 

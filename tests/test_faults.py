@@ -289,3 +289,13 @@ def test_camera_absent_at_boot_is_waited_for(model, tmp_path):
             camera.terminate()
             camera.wait(timeout=10)
     assert code == 0, service.log()
+
+
+def test_exposed_health_endpoint_without_token_is_a_bad_setting(model, tmp_path):
+    """Exit status 2 (RestartPreventExitStatus=2 in the unit: no restart loop), saying why."""
+    proc = subprocess.run([sys.executable, "-m", "edge", "test://", "none", "--headless",
+                           "--max-frames", "5", "--health-http", "0.0.0.0:0"] + base_args(model),
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    out = proc.stdout.decode()
+    assert proc.returncode == 2, out
+    assert "without a token" in out and "health.token" in out
