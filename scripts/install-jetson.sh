@@ -4,6 +4,7 @@
 #
 #   sudo ./scripts/install-jetson.sh            # from a checkout of the repository
 #   sudo ./scripts/install-jetson.sh --no-start # install and enable, start at next boot
+#   sudo ./scripts/install-jetson.sh --ort-wheel=onnxruntime_gpu-1.10.0-cp36-cp36m-linux_aarch64.whl
 #   ./scripts/install-jetson.sh --docker        # inside docker/Dockerfile.jetson (no systemd)
 #
 # Layout (the same as systemd/maskgate.service and docker/Dockerfile.jetson):
@@ -23,6 +24,7 @@ VENV_PY="$PREFIX/.venv/bin/python"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 docker=0
 start=1
+ort_wheel=""
 # numpy's OpenBLAS misdetects the Nano's Cortex-A57 ("Illegal instruction"); the unit sets it too.
 export OPENBLAS_CORETYPE=ARMV8
 
@@ -43,6 +45,7 @@ for arg in "$@"; do
   case "$arg" in
     --docker) docker=1 ;;
     --no-start) start=0 ;;
+    --ort-wheel=*) ort_wheel=$(realpath "${arg#--ort-wheel=}") ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $arg (see --help)" ;;
   esac
@@ -122,11 +125,15 @@ install_venv() {
            "(docker build: set \"default-runtime\": \"nvidia\" in /etc/docker/daemon.json)" >&2
     fi
   fi
-  # onnxruntime 1.10 is the last with Python 3.6 aarch64 wheels: the RetinaFace detector
-  # and the --backend ort fallback use it.
-  "$VENV_PY" -c 'import onnxruntime' 2>/dev/null \
-    || "$VENV_PY" -m pip install -q "onnxruntime>=1.8,<1.11" \
-    || echo "warning: onnxruntime not installed (use detector haar or ssd)" >&2
+  # onnxruntime runs the RetinaFace detector and the --backend ort fallback. PyPI's 1.10 is
+  # the last aarch64 wheel for Python 3.6 (CPU only); --ort-wheel takes NVIDIA's
+  # onnxruntime-gpu wheel for JetPack 4.6 (Jetson Zoo) instead.
+  if [ -n "$ort_wheel" ]; then
+    "$VENV_PY" -m pip install -q "$ort_wheel"
+  elif ! "$VENV_PY" -c 'import onnxruntime' 2>/dev/null; then
+    "$VENV_PY" -m pip install -q "onnxruntime>=1.8,<1.11" \
+      || echo "warning: onnxruntime not installed (set detector.name: haar or ssd)" >&2
+  fi
 }
 
 provision_models() {
