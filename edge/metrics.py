@@ -9,6 +9,9 @@
   P(c); detections are matched greedily by score, a second detection of the same face is
   a false positive. mAP is the mean over the classes asked for (mask, no_mask).
 - The confusion between classes on faces matched at IoU 0.5 (plus "missed").
+- ``face_ap``: AP at IoU 0.5 of the detector alone (any label, detector score): the
+  ceiling a perfect classifier would bring the class APs to, which tells detector
+  misses from classifier mistakes.
 """
 import collections
 
@@ -97,6 +100,7 @@ class Evaluation(object):
         # counts[(gt class, size bin, iou)] = [hits, faces]
         self.counts = collections.defaultdict(lambda: [0, 0])
         self.ranked = dict((c, []) for c in self.ap_classes)  # (score, is true positive)
+        self.faces_ranked = []  # (detector score, is true positive) whatever the label
         self.positives = collections.Counter()
         self.confusion = collections.defaultdict(collections.Counter)
 
@@ -125,6 +129,7 @@ class Evaluation(object):
             if iou == IOU_MAIN:
                 main = gt_to_det
                 self.false_positives += int((det_to_gt < 0).sum())
+                self.faces_ranked.extend(zip(det_scores.tolist(), (det_to_gt >= 0).tolist()))
         wrong = []
         for g, label in enumerate(gt_labels):
             d = int(main[g])
@@ -185,15 +190,19 @@ class Evaluation(object):
             value = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.positives[c])
             ap[c] = None if value is None else round(value, 4)
         known = [v for v in ap.values() if v is not None]
+        n_faces = sum(self.counts.get(("all", b, IOU_MAIN), [0, 0])[1] for b, _, _ in SIZE_BINS)
+        face_ap = average_precision([s for s, _ in self.faces_ranked],
+                                    [t for _, t in self.faces_ranked], n_faces)
         confusion = collections.OrderedDict(
             (label, dict(self.confusion[label])) for label in GT_CLASSES if label in self.confusion)
         return collections.OrderedDict([
             ("n_images", self.n_images),
-            ("n_faces", sum(self.counts.get(("all", b, IOU_MAIN), [0, 0])[1] for b, _, _ in SIZE_BINS)),
+            ("n_faces", n_faces),
             ("n_detections", self.n_detections),
             ("recall", self.recall()),
             ("fp_per_image", round(self.false_positives / float(self.n_images), 4) if self.n_images else None),
             ("ap", ap),
             ("map", round(sum(known) / len(known), 4) if known else None),
+            ("face_ap", None if face_ap is None else round(face_ap, 4)),
             ("confusion", confusion),
         ])

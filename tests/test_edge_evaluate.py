@@ -237,3 +237,10 @@ def test_bad_arguments_give_clear_errors(caplog, tmp_path, model_path):
     assert evaluate.main([str(tmp_path / "nothing.mp4"), "--model", model_path]) == 2
     assert "no per-frame truth" in caplog.text
     assert evaluate.main([root, "--model", str(tmp_path / "absent.onnx")]) == 1
+
+
+def test_face_ap_ignores_labels():
+    gt = [[0, 0, 40, 40], [100, 0, 140, 40]]
+    probs = [np.array([0.95, 0.05], np.float32), np.array([0.7, 0.3], np.float32)]
+    result, _ = score(gt, ["mask", "no_mask"], gt, [0.6, 0.99], ["mask", "mask"], probs)
+    assert result["face_ap"] == 1.0 and result["map"] == 0.25
