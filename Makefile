@@ -9,7 +9,7 @@ DATA ?= ../shared/data
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install system-deps weights models train demo test lint clean
+.PHONY: help install system-deps weights models train demo test lint soak clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
@@ -48,9 +48,15 @@ test: install weights models lint
 	$(PY) -m pytest -q
 
 # What runs on the Nano (edge/, the torch-free part of export/) must parse as Python 3.6.
-NANO_CODE := edge export/__init__.py export/trt.py export/calibrate.py export/samples.py export/onnx_meta.py export/parity.py
+NANO_CODE := edge scripts/soak.py export/__init__.py export/trt.py export/calibrate.py export/samples.py export/onnx_meta.py export/parity.py
 lint: install
 	$(VENV)/bin/vermin -q --no-tips -t=3.6- --violations $(NANO_CODE)
+	shellcheck scripts/*.sh
+	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.jetson
+
+MINUTES ?= 20
+soak: install models
+	$(PY) scripts/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) $(OUT) runs .pytest_cache
