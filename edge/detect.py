@@ -10,6 +10,7 @@ scores float32 N, best first. The detectors:
 The model files come from ``python -m edge.provision`` (``make models``).
 """
 import importlib
+import inspect
 import os
 
 from edge.errors import ConfigError
@@ -44,9 +45,19 @@ def create_detector(name, models_dir=None, confidence=0.5, min_size=10, nms_iou=
         raise ConfigError("unknown detector %r: accepted %s" % (name, ", ".join(sorted(DETECTORS))))
     module, cls_name = DETECTORS[name]
     cls = getattr(importlib.import_module(module), cls_name)
-    try:
-        return cls(models_dir=models_dir or default_models_dir(), confidence=confidence,
-                   min_size=min_size, nms_iou=nms_iou, **options)
-    except TypeError as exc:
-        # An unknown keyword: name it, and the options this detector takes.
-        raise ConfigError("detector %s: %s (its options: %s)" % (name, exc, cls.__doc__.strip().split("\n")[0]))
+    accepted = sorted(detector_options(cls))
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        raise ConfigError("detector %s has no option %s (its options: %s)"
+                          % (name, ", ".join(unknown), ", ".join(accepted)))
+    return cls(models_dir=models_dir or default_models_dir(), confidence=confidence,
+               min_size=min_size, nms_iou=nms_iou, **options)
+
+
+def detector_options(cls):
+    """Keyword options a detector class takes: its own and the common ones."""
+    names = set()
+    for klass in (cls, Detector):
+        params = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)
+    return names - {"self", "models_dir", "confidence", "min_size", "nms_iou"}
