@@ -117,8 +117,8 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=(), shoul
         pipeline = pl.build_pipeline(config, analyzer, sinks, events)
         pending = first
         if warmup:
-            pl.run(pipeline, source, should_stop, max_frames=warmup, pending=pending)
-            pending = []
+            pl.run(pipeline, source, should_stop, max_frames=warmup, pending=pending[:warmup])
+            pending = pending[warmup:]
         timer.reset()
         frames0, faces0 = pipeline.frames, pipeline.faces_seen
         classified0, calls0 = analyzer.classified, analyzer.predict_calls
@@ -230,9 +230,15 @@ def _main(args, benchsweep, should_stop):
         overrides["input"] = args.input
         overrides["headless"] = True
         config = cfg.load(args.config, overrides)
+        from edge.__main__ import is_photo_input
+        photos = is_photo_input(config)
+        if photos:
+            # The service runs still-photo mode here: every image detected and classified.
+            config = cfg.merge(config, {"detector.every": 1, "classifier.every": 1}, "photo mode")
         batches = _ints(args.batch, "--batch") if args.batch else None
         models = [m for m in (args.models or "").split(",") if m.strip()]
         report = collections.OrderedDict([("input", args.input), ("outputs", list(args.outputs)),
+                                          ("mode", "photos" if photos else "video"),
                                           ("warmup", args.warmup)])
         report["config"] = _config_summary(config)
         main_cfg = cfg.merge(config, {"baseline": False}, "edge-bench")

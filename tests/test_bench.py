@@ -72,7 +72,8 @@ def test_bench_json_has_every_field(capsys, tmp_path, model_path, second_model):
         assert entry["flops_per_face"] > 0 and entry["nano_estimate_ms_per_face"]["25%"] > 0
     f = report["flops"]
     assert f["classifier_flops"] > 0 and f["detector"]["flops"] > 1e8
-    assert f["detector"]["input"] == [360, 640]
+    h, w = f["detector"]["input"]  # the frame scaled to the detector's input, 16:9 kept
+    assert w > h > 100 and abs(w / float(h) - 16 / 9.0) < 0.01
     assert "ESTIMATE" in f["note"]
     est = f["nano_estimate"]
     assert set(est) == {"25%", "40%"} and est["25%"]["ms_per_frame"] > est["40%"]["ms_per_frame"] > 0
@@ -113,3 +114,19 @@ def test_baseline_outputs_are_kept_apart():
     assert bench.baseline_outputs(["out.mp4", "none", "rtsp://@:8554/out", "file:///tmp/a.mkv"]) == \
         ["out_baseline.mp4", "none", "rtsp://@:8554/out", "/tmp/a_baseline.mkv"]
     assert np.isfinite(flops.NANO_PEAK_FLOPS)
+
+
+def test_bench_over_a_folder_of_photos(capsys, tmp_path, model_path):
+    import shutil
+    images = data_path("kaggle853", "images")
+    require_detectors()
+    for name in ("maksssksksss3.jpg", "maksssksksss5.jpg", "maksssksksss8.jpg", "maksssksksss9.jpg"):
+        shutil.copy(os.path.join(images, name), str(tmp_path))
+    assert bench.main([str(tmp_path), "--warmup", "1", "--model", model_path, "--json", "--no-flops"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    run = report["run"]
+    assert report["mode"] == "photos" and "flops" not in report
+    # still-photo mode: every image detected and every face classified
+    assert run["frames"] == 3 and run["detections_per_frame"] == 1.0
+    assert run["faces_per_frame"] > 0
+    assert run["classified_per_frame"] == pytest.approx(run["faces_per_frame"], abs=0.01)
