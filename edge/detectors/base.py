@@ -25,7 +25,8 @@ def check_frame(frame):
         raise ValueError("frame must be HxWx3 BGR, got shape %s" % (frame.shape,))
     if frame.shape[0] < 2 or frame.shape[1] < 2:
         raise ValueError("frame is empty: shape %s" % (frame.shape,))
-    return frame
+    # A cropped or flipped view: older OpenCV bindings (4.1 on the Nano) refuse non-contiguous arrays.
+    return np.ascontiguousarray(frame)
 
 
 def nms(boxes, scores, iou_threshold):
