@@ -36,8 +36,10 @@ def build_parser():
     """The command line: INPUT, OUTPUT..., bench options, and the service's setting flags."""
     parser = argparse.ArgumentParser(
         prog="edge-bench", description="Speed of the face-mask service, stage by stage.",
-        epilog="Sweeps: --batch 1,4,8,16 and --models a.onnx,b.onnx time the classifier on "
-        "real face crops of INPUT. The Nano figures are estimates from FLOPs.")
+        epilog="--baseline: after the configured run, run the same input again with every face "
+        "classified on every frame one at a time, and report the FPS ratio. Sweeps: --batch "
+        "1,4,8,16 and --models a.onnx,b.onnx time the classifier on real face crops of INPUT. "
+        "The Nano figures are estimates from FLOPs, not measurements.")
     parser.add_argument("input", help="video, camera URI or folder of images (as for python -m edge)")
     parser.add_argument("outputs", nargs="*", metavar="OUTPUT",
                         help="outputs to time drawing and encoding with (none: draw, discard)")
