@@ -178,8 +178,12 @@ def _fps_from(frames):
     return round(1.0 / step, 3) if 0.001 < step < 10 else None
 
 
-def flops_report(config, analyzer, frame_size, run):
-    """FLOPs of the detector and classifier and the Nano estimate for ``run``'s frame mix."""
+def flops_report(config, analyzer, frame_size, run, baseline=None):
+    """FLOPs of the detector and classifier, and the Nano estimate for each run's frame mix.
+
+    The estimate per frame is detector FLOPs x detections per frame + classifier FLOPs x
+    classifications per frame, both measured in the run.
+    """
     from edge import flops
     h, w = [int(v) for v in analyzer.classifier.meta["input_size"]]
     try:
@@ -195,17 +199,22 @@ def flops_report(config, analyzer, frame_size, run):
                  "not a measurement"),
         ("classifier_flops", cls), ("classifier_input", [h, w]), ("detector", det),
     ])
-    per_frame = (det_flops or 0) * run["detections_per_frame"] + (cls or 0) * run["classified_per_frame"]
-    out["flops_per_frame"] = int(per_frame) if per_frame else None
-    estimates = collections.OrderedDict()
-    for eff in flops.EFFICIENCIES:
-        key = "%d%%" % round(100 * eff)
-        ms = flops.nano_ms(per_frame, eff)
-        estimates[key] = {"classifier_ms_per_face": _round(flops.nano_ms(cls, eff), 3),
-                          "detector_ms": _round(flops.nano_ms(det_flops, eff), 2),
-                          "ms_per_frame": _round(ms, 2),
-                          "fps_bound": _round(1000.0 / ms, 1) if ms else None}
-    out["nano_estimate"] = estimates
+    for name, measured in (("nano_estimate", run), ("nano_estimate_baseline", baseline)):
+        if measured is None:
+            continue
+        per_frame = (det_flops or 0) * measured["detections_per_frame"] + \
+            (cls or 0) * measured["classified_per_frame"]
+        if name == "nano_estimate":
+            out["flops_per_frame"] = int(per_frame) if per_frame else None
+        estimates = collections.OrderedDict()
+        for eff in flops.EFFICIENCIES:
+            ms = flops.nano_ms(per_frame, eff)
+            estimates["%d%%" % round(100 * eff)] = {
+                "classifier_ms_per_face": _round(flops.nano_ms(cls, eff), 3),
+                "detector_ms": _round(flops.nano_ms(det_flops, eff), 2),
+                "ms_per_frame": _round(ms, 2),
+                "fps_bound": _round(1000.0 / ms, 1) if ms else None}
+        out[name] = estimates
     return out
 
 
@@ -258,7 +267,8 @@ def _main(args, benchsweep, should_stop):
                                                batches or [1, config["classifier"]["max_batch"] or 16],
                                                args.sweep_faces, args.sweep_repeat)
         if not args.no_flops:
-            report["flops"] = flops_report(config, analyzer, run["frame_size"], run)
+            report["flops"] = flops_report(config, analyzer, run["frame_size"], run,
+                                           report.get("baseline"))
         analyzer.classifier.close()
     except ConfigError as exc:
         log.error("%s", exc)

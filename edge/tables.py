@@ -124,9 +124,12 @@ def bench_text(report):
         out.append("\nFLOPs: classifier %s per face (input %s), detector %s per call (input %s)\n" % (
             _g(f["classifier_flops"]), f["classifier_input"], _g(det.get("flops")), det.get("input", "-")))
         out.append("Jetson Nano ESTIMATE (not measured; 472 GFLOPS FP16 peak x efficiency, GPU work only):\n")
-        out.append(table(["efficiency", "detector ms", "classifier ms/face", "ms/frame", "FPS bound"],
-                         [[k, v["detector_ms"], v["classifier_ms_per_face"], v["ms_per_frame"], v["fps_bound"]]
-                          for k, v in f["nano_estimate"].items()]))
+        rows = []
+        for run, key in (("default", "nano_estimate"), ("baseline", "nano_estimate_baseline")):
+            rows += [[run, k, v["detector_ms"], v["classifier_ms_per_face"], v["ms_per_frame"],
+                      v["fps_bound"]] for k, v in f.get(key, {}).items()]
+        out.append(table(["run", "efficiency", "detector ms", "classifier ms/face", "ms/frame",
+                          "FPS bound"], rows))
     return "".join(out)
 
 

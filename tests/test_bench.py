@@ -77,6 +77,8 @@ def test_bench_json_has_every_field(capsys, tmp_path, model_path, second_model):
     assert "ESTIMATE" in f["note"]
     est = f["nano_estimate"]
     assert set(est) == {"25%", "40%"} and est["25%"]["ms_per_frame"] > est["40%"]["ms_per_frame"] > 0
+    # the baseline detects and classifies more per frame: a longer estimate
+    assert f["nano_estimate_baseline"]["25%"]["ms_per_frame"] > est["25%"]["ms_per_frame"]
 
 
 def test_bench_table_for_people(capsys, model_path):
