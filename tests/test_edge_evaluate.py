@@ -202,8 +202,9 @@ def test_evaluate_real_test_scenes_end_to_end(capsys, tmp_path, model_path):
     assert result["n_images"] == 4
     assert result["n_faces"] == sum(len(s.labels) for s in expected)
     assert result["detector"] == "retinaface" and result["mode"] == "scenes"
-    # RetinaFace finds most faces of these scenes whatever the classifier says.
-    assert result["recall"]["all"]["iou30"] >= 0.7
+    # RetinaFace finds most faces of these scenes (10 of 12 in Nov 2026) whatever the
+    # classifier says; a broken detector or box mapping finds none.
+    assert result["recall"]["all"]["iou30"] >= 0.6
     assert set(result["ap"]) == {"mask", "no_mask"}
     picture = cv2.imread(sheet)
     assert picture is not None and picture.shape[1] >= 128
