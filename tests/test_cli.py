@@ -138,6 +138,20 @@ def test_single_photo_faces_to_stdout(model_path):  # noqa: F811
     assert list(json.loads(done.stdout)) == ["maksssksksss3.jpg"]
 
 
+def test_default_model_found_from_another_directory(tmp_path):
+    need_detector()
+    if not os.path.isfile(os.path.join(ROOT, "models", "mask_classifier.onnx")):
+        pytest.skip("the shipped classifier models/mask_classifier.onnx is not there yet")
+    events = tmp_path / "events.jsonl"
+    done = subprocess.run(edge_cmd(data_path(*VIDEO), "--headless", "--max-frames", 3, "--events", events),
+                          cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr
+    assert os.path.join(ROOT, "models", "mask_classifier.onnx") in done.stderr
+    assert len(read_events(str(events))) == 3
+
+
 def test_bad_setting_exits_2_naming_the_key(tmp_path):
     done = run_edge("test://", "--detector", "yolo")
     assert done.returncode == 2
