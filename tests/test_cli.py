@@ -85,22 +85,32 @@ def test_signal_flushes_events_and_closes_the_video(sig, tmp_path, model_path): 
 
 def test_systemd_notify_and_health_file(tmp_path, model_path):  # noqa: F811
     import socket
+    import threading
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
-    sock.settimeout(0.1)
+    sock.settimeout(0.2)
+    messages, running = [], [True]
+
+    def receive():  # read as systemd does: a full datagram queue would block the sender
+        while running[0]:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+    reader = threading.Thread(target=receive)
+    reader.start()
     health = tmp_path / "health.json"
-    done = run_edge("test://?num-buffers=40&fps=20", "--headless", "--detector", "haar", "--model", model_path,
-                    "--backend", "ort", "--health-file", health,
-                    env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "20000"})
-    assert done.returncode == 0, done.stderr
-    messages = []
     try:
-        while True:
-            messages.append(sock.recv(4096).decode())
-    except socket.timeout:
-        pass
-    sock.close()
+        done = run_edge("test://?num-buffers=40&fps=20", "--headless", "--detector", "haar",
+                        "--model", model_path, "--backend", "ort", "--health-file", health,
+                        env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
+        time.sleep(0.3)
+    finally:
+        running[0] = False
+        reader.join()
+        sock.close()
+    assert done.returncode == 0, done.stderr
     kinds = [m.split("\n")[0].split("=")[0] for m in messages]
     assert kinds[0] == "READY" and kinds[-1] == "STOPPING"
     assert "WATCHDOG" in kinds
