@@ -25,8 +25,9 @@ from edge.preprocess import crops_to_batch
 BACKENDS = ("auto", "trt", "ort")
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 DEFAULT_MAX_BATCH = 16  # the engine cache's default too: all faces of a busy frame in one call
-# On a 2-core CPU one intra-op thread per call measured as fast as two for face batches,
-# and leaves the other core to video decoding and the detector (bench/detectors.py notes).
+# One intra-op thread: on the 2-core CPU, busy with video decoding and encoding, two threads
+# measured slower per batch (MobileNetV2 96 px, batch 16: 10.6 ms p50 with one, 23 ms with
+# two); only an idle machine gains from two (up to 1.5x at 128 px). OrtClassifier(threads=).
 DEFAULT_THREADS = 1
 EXPORT_HINT = "the model must come from `python -m export.onnx CHECKPOINT`, which writes it"
 
