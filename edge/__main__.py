@@ -230,11 +230,11 @@ def _fps_from(frames):
 
 def _report(result, stopper):
     stages = ", ".join("%s %.1f ms" % (name, s["mean_ms"]) for name, s in result["stages"].items())
-    log.info("%s after %d frames in %.1f s: %.1f FPS, %.1f faces/frame, %d classified in %d calls, "
-             "%d bad frames; mean per call: %s",
+    log.info("%s after %d frames in %.1f s: %.1f FPS, CPU %.1f ms/frame, %.1f faces/frame, "
+             "%d classified in %d calls, %d bad frames; mean per call: %s",
              "stopped" if stopper.is_set() else "input ended", result["frames"], result["seconds"],
-             result["fps"], result["faces_per_frame"], result["classified"],
-             result["predict_calls"], result["errors"], stages)
+             result["fps"], result["cpu_ms_per_frame"] or 0.0, result["faces_per_frame"],
+             result["classified"], result["predict_calls"], result["errors"], stages)
 
 
 if __name__ == "__main__":
