@@ -46,6 +46,8 @@ def notify(message):
     if address is None:
         return False
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # Never block the main loop on a full datagram queue (nobody reading the socket).
+    sock.setblocking(False)
     try:
         sock.connect(address)
         sock.sendall(message.encode("utf-8"))

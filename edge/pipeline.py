@@ -288,7 +288,9 @@ def run(pipeline, source, should_stop=None, max_frames=0, heartbeat=None, read_t
         if frame is None:
             if not source.is_streaming:
                 break
-            if health is not None and source.state != state:
+            if health is not None:
+                # Every idle turn, not only on a change: the health file's "updated" time
+                # then shows a live loop during a camera outage (Health rate-limits writes).
                 state = source.state
                 health.update(source_state=state)
             continue
