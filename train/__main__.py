@@ -38,6 +38,8 @@ def get_args_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--random-erasing", type=float, default=0.0, help="probability of random erasing")
+    p.add_argument("--lowres", type=float, default=0.0,
+                   help="probability of degrading a training crop to a 12-32 px face and back")
     p.add_argument("--mix", default="none", choices=["none", "mixup", "cutmix"])
     p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
     p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
@@ -89,20 +91,25 @@ def seed_everything(seed):
 
 
 def build_datasets(samples, meta, args):
-    """(train, val, {test set name: dataset}) with the training augmentation on train only."""
+    """(train, val, {evaluation set name: dataset}), training augmentation on train only.
+
+    Evaluation sets: val and test, each also per source and, for scene crops, for faces
+    under 32 px (the small-face regime the deployed camera lives in).
+    """
     by_split = {s: [x for x in samples if x.split == s] for s in data.SPLITS}
     train_set = FaceDataset(by_split["train"], meta["classes"], meta,
-                            TrainTransform(meta, random_erasing=args.random_erasing))
+                            TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres))
     evaluation = EvalTransform(meta)
-    val_set = FaceDataset(by_split["val"], meta["classes"], meta, evaluation)
-    tests = {"test": by_split["test"]}
-    for source in sorted({s.source for s in by_split["test"]}):
-        part = [s for s in by_split["test"] if s.source == source]
-        tests["test_%s" % source] = part
-        small = [s for s in part if s.box is not None and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) < 32]
-        if small:
-            tests["test_%s_under32px" % source] = small
-    return train_set, val_set, {k: FaceDataset(v, meta["classes"], meta, evaluation) for k, v in tests.items() if v}
+    sets = {}
+    for split in ("val", "test"):
+        sets[split] = by_split[split]
+        for source in sorted({s.source for s in by_split[split]}):
+            part = [s for s in by_split[split] if s.source == source]
+            sets["%s_%s" % (split, source)] = part
+            sets["%s_%s_under32px" % (split, source)] = [
+                s for s in part if s.box is not None and max(s.box[2] - s.box[0], s.box[3] - s.box[1]) < 32]
+    datasets = {k: FaceDataset(v, meta["classes"], meta, evaluation) for k, v in sets.items() if v}
+    return train_set, datasets.pop("val"), datasets
 
 
 def main(argv=None):
