@@ -9,7 +9,7 @@ DATA ?= ../shared/data
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install system-deps weights models train demo test lint soak clean
+.PHONY: help install system-deps weights models train demo evaluate bench test lint soak clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
@@ -17,6 +17,9 @@ help:
 	@echo "make train    train the default classifier (see README: model card)"
 	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
 	@echo "make models   provision the face-detector files (checked by sha256)"
+	@echo "make evaluate end-to-end accuracy on the kaggle853 test scenes"
+	@echo "make bench    edge-bench on the demo video, with the one-at-a-time baseline"
+	@echo "make soak     20-minute soak: memory and descriptors of the running service"
 
 # GStreamer and the headers PyGObject builds against (Debian/Ubuntu; skipped when present).
 system-deps:
@@ -43,6 +46,15 @@ train: install weights
 demo: install models
 	mkdir -p $(OUT)
 	$(PY) -m edge $(DEMO_INPUT) $(OUT)/demo.mp4 --events $(OUT)/demo.jsonl --headless
+
+# End-to-end accuracy on the kaggle853 test scenes, every detector compared.
+evaluate: install models
+	$(PY) -m edge.evaluate $(DATA)/kaggle853 --split test --detector retinaface,ssd,haar --misses $(OUT)/misses.png
+
+# Speed of the demo configuration against one-face-at-a-time classification.
+bench: install models
+	mkdir -p $(OUT)
+	$(VENV)/bin/edge-bench $(DEMO_INPUT) $(OUT)/bench.mp4 --events $(OUT)/bench.jsonl --baseline
 
 test: install weights models lint
 	$(PY) -m pytest -q
