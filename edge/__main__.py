@@ -148,7 +148,7 @@ def serve(config, stopper):
     from edge import pipeline as pl
     from edge.events import EventWriter, FaceSaver
     from edge.sinks import open_sinks
-    from edge.sources import open_source
+    from edge.sources import first_frames, fps_from, open_source
 
     notify = _optional("edge.notify")
     source = events = health = pipeline = analyzer = None
@@ -163,8 +163,8 @@ def serve(config, stopper):
         # A file's rate comes from its first two timestamps (read now, processed first);
         # a live source is never waited on here: a camera absent at boot must not hold
         # READY back, and its rate is the one asked of it.
-        first = [] if source.is_live or out["fps"] else _first_frames(source, stopper, 2)
-        fps = out["fps"] or (config["source"]["fps"] if source.is_live else _fps_from(first))
+        first = [] if source.is_live or out["fps"] else first_frames(source, 2, stopper.is_set)
+        fps = out["fps"] or (config["source"]["fps"] if source.is_live else fps_from(first))
         sinks = open_sinks(output_uris(config), fps, bitrate=out["bitrate"],
                            quality=out["quality"], token=out["token"])
         ev = config["events"]
@@ -208,24 +208,6 @@ def _open_health(config):
         return None
     from edge.health import Health
     return Health(path=h["file"], http=h["http"], token=h["token"])
-
-
-def _first_frames(source, stopper, count):
-    """Up to ``count`` frames read before the outputs open (their timestamps give the fps)."""
-    frames = []
-    while len(frames) < count and source.is_streaming and not stopper.is_set():
-        frame = source.read(timeout=0.5)
-        if frame is not None:
-            frames.append(frame)
-    return frames
-
-
-def _fps_from(frames):
-    """Frame rate from two frames' timestamps, None when unknown (stills, no pts)."""
-    if len(frames) < 2 or frames[0].pts is None or frames[1].pts is None:
-        return None
-    step = frames[1].pts - frames[0].pts
-    return round(1.0 / step, 3) if 0.001 < step < 10 else None
 
 
 def _report(result, stopper):

@@ -96,7 +96,7 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=(), shoul
     from edge import pipeline as pl
     from edge.events import EventWriter
     from edge.sinks import open_sinks
-    from edge.sources import open_source
+    from edge.sources import first_frames, fps_from, open_source
 
     timer = pl.StageTimer()
     if detector is None:
@@ -107,11 +107,11 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=(), shoul
     source = open_source(config["input"], **config["source"])
     pipeline = None
     try:
-        first = _first_frames(source, 2)
+        first = first_frames(source, 2, timeout=1.0)
         if not first:
             raise SourceError("%s gave no frame" % config["input"])
         out = config["output"]
-        fps = out["fps"] or _fps_from(first) or config["source"]["fps"] or 30.0
+        fps = out["fps"] or fps_from(first) or config["source"]["fps"] or 30.0
         sinks = open_sinks(list(outputs), fps, bitrate=out["bitrate"], quality=out["quality"],
                            token=out["token"])
         ev = config["events"]
@@ -160,22 +160,6 @@ def measure(config, detector=None, classifier=None, warmup=10, outputs=(), shoul
         ("frame_size", [int(first[0].image.shape[1]), int(first[0].image.shape[0])]),
     ])
     return result, analyzer
-
-
-def _first_frames(source, count):
-    frames = []
-    while len(frames) < count and source.is_streaming:
-        frame = source.read(timeout=1.0)
-        if frame is not None:
-            frames.append(frame)
-    return frames
-
-
-def _fps_from(frames):
-    if len(frames) < 2 or frames[0].pts is None or frames[1].pts is None:
-        return None
-    step = frames[1].pts - frames[0].pts
-    return round(1.0 / step, 3) if 0.001 < step < 10 else None
 
 
 def flops_report(config, analyzer, frame_size, run, baseline=None):

@@ -74,6 +74,16 @@ def load_classifier(model_path, backend="auto", max_batch=None, engine_cache=Non
     return TrtClassifier(engine, max_batch=max_batch)
 
 
+def ort_session(ort, path, threads=None, providers=None):
+    """An onnxruntime session with ``threads`` intra-op threads and the best providers."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options,
+                                providers=select_providers(ort.get_available_providers(), providers))
+
+
 def select_providers(available, requested=None):
     """onnxruntime providers: ``requested`` if given, else CUDA where present, then CPU."""
     if requested:
@@ -105,13 +115,8 @@ class OrtClassifier(object):
             raise ModelError("the ort classifier backend needs onnxruntime: pip install onnxruntime "
                              "(or onnxruntime-gpu); on a Jetson use the TensorRT backend")
         self.path = onnx_path
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(
-                onnx_path, options, providers=select_providers(ort.get_available_providers(), providers))
+            self.session = ort_session(ort, onnx_path, threads, providers)
         except Exception as exc:  # onnxruntime's own exception types: not an ONNX model
             raise ModelError("onnxruntime cannot load %s: %s" % (onnx_path, exc))
         self.providers = self.session.get_providers()

@@ -331,3 +331,21 @@ def _file(uri, path, opt):
     # decodebin picks the decoder: nvv4l2decoder on the Jetson, avdec_h264 elsewhere.
     desc = "filesrc name=src ! decodebin ! {} ! {}".format(_to_bgr(), _appsink(False))
     return _gst_source(uri, desc, False, opt, _set("src", location=path))
+
+
+def first_frames(source, count, should_stop=None, timeout=0.5):
+    """Up to ``count`` frames read ahead (their timestamps give a file's frame rate)."""
+    frames = []
+    while len(frames) < count and source.is_streaming and not (should_stop and should_stop()):
+        frame = source.read(timeout=timeout)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def fps_from(frames):
+    """Frame rate from two frames' timestamps, None when unknown (stills, no pts)."""
+    if len(frames) < 2 or frames[0].pts is None or frames[1].pts is None:
+        return None
+    step = frames[1].pts - frames[0].pts
+    return round(1.0 / step, 3) if 0.001 < step < 10 else None

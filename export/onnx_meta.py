@@ -5,20 +5,13 @@ sidecar still needs the model's metadata. An ONNX file is one protobuf ``ModelPr
 its ``metadata_props`` (field 14) are ``StringStringEntryProto`` messages (key = 1,
 value = 2). Walking the top-level fields is twenty lines, so that is what we do.
 """
-import hashlib
-
 from edge.model_meta import MetadataError, from_string_props
+from edge.provision import sha256
 
 _METADATA_PROPS, _GRAPH, _IR_VERSION = 14, 7, 1
 
 
-def file_sha256(path):
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = sha256  # one definition of a file's sha256 (edge.provision), shared
 
 
 def _varint(buf, pos):

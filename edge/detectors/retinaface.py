@@ -11,7 +11,7 @@ model runs in onnxruntime only, imported when the detector is created.
 import cv2
 import numpy as np
 
-from edge.classify import select_providers
+from edge.classify import ort_session
 from edge.errors import ModelError
 
 from .base import Detector, empty, model_file
@@ -77,13 +77,8 @@ class RetinaFaceDetector(Detector):
             raise ModelError("the retinaface detector needs onnxruntime: pip install onnxruntime "
                              "(on a Jetson: the onnxruntime-gpu wheel for JetPack), or use "
                              "--detector ssd|haar")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(
-                path, options, providers=select_providers(ort.get_available_providers(), providers))
+            self.session = ort_session(ort, path, threads, providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError("retinaface: onnxruntime cannot load %s (%s); run `make models` "
                              "to provision it again" % (path, exc))
