@@ -54,7 +54,8 @@ def study(runs):
     from export.onnx import export_onnx
     from train.checkpoint import read
     rows = []
-    for run in sorted(glob.glob(os.path.join(runs, "res_*")), key=lambda p: int(re.findall(r"\d+", p)[-1])):
+    folders = [p for p in glob.glob(os.path.join(runs, "res_*")) if os.path.isdir(p)]
+    for run in sorted(folders, key=lambda p: int(re.findall(r"\d+", p)[-1])):
         best = os.path.join(run, "best.pt")
         if not os.path.isfile(best) or "metrics" not in read(best)["meta"]:
             print("skipping %s: no finished run" % run, file=sys.stderr)

@@ -74,7 +74,10 @@ def verdict(rows, warmup_s, window_s, max_rss_mb, max_fds):
     last = [r for r in steady if r["t_s"] >= end - window_s]
     rss_first, rss_last = (high_water([r["rss_mb"] for r in rs]) for rs in (first, last))
     rss_growth = rss_last - rss_first
-    fd_growth = max(r["fds"] for r in steady) - median([r["fds"] for r in first])
+    # Descriptors by the median of each window: with --loop the file is reopened every few
+    # seconds and a sample can land mid-reopen (old and new pipeline both open for a
+    # moment); a leak raises the typical count, a reopen only a single sample.
+    fd_growth = median([r["fds"] for r in last]) - median([r["fds"] for r in first])
     # Least-squares slope of RSS over the steady samples, in MB per hour: a slow leak
     # shows here before it shows in the difference.
     n = float(len(steady))
@@ -97,6 +100,7 @@ def verdict(rows, warmup_s, window_s, max_rss_mb, max_fds):
             "rss_growth_mb": round(rss_growth, 1), "rss_slope_mb_per_h": round(slope, 1),
             "rss_peak_mb": round(max(r["rss_mb"] for r in steady), 1),
             "fds_first": median([r["fds"] for r in first]),
+            "fds_last": median([r["fds"] for r in last]),
             "fds_max": max(r["fds"] for r in steady), "fd_growth": fd_growth,
             "window_s": round(window_s, 1), "samples_after_warmup": len(steady)}
 
