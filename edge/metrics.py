@@ -17,23 +17,11 @@ import collections
 
 import numpy as np
 
+from edge.track import iou_matrix  # one IoU for the service and its evaluation
+
 SIZE_BINS = (("<32", 0.0, 32.0), ("32-64", 32.0, 64.0), (">=64", 64.0, float("inf")))
 GT_CLASSES = ("mask", "no_mask", "incorrect")
 IOU_MAIN, IOU_LOOSE = 0.5, 0.3
-
-
-def iou_matrix(a, b):
-    """IoU of every box of ``a`` (Nx4 xyxy) with every box of ``b`` (Mx4): an NxM array."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
 def size_bin(box):
