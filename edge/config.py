@@ -298,3 +298,14 @@ def overrides_from_args(args):
     given = vars(args)
     return dict((s.key, given[s.key.replace(".", "__")]) for s in SCHEMA
                 if s.flag is not None and s.key.replace(".", "__") in given)
+
+
+def merge_options(options, defaults, what):
+    """``defaults`` updated with ``options``; an unknown option is a ConfigError naming it."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError("unknown {} option(s) {}; accepted: {}".format(
+            what, ", ".join(unknown), ", ".join(sorted(defaults))))
+    merged = dict(defaults)
+    merged.update(options)
+    return merged

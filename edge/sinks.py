@@ -17,7 +17,8 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from edge import gst
-from edge.errors import ConfigError, SinkError
+from edge.config import merge_options
+from edge.errors import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +206,7 @@ def display_sink(uri, fps):
 
 
 def _options(options):
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError("unknown output option(s) {}; accepted: {}".format(
-            ", ".join(unknown), ", ".join(sorted(DEFAULTS))))
-    merged = dict(DEFAULTS)
-    merged.update(options)
-    return merged
+    return merge_options(options, DEFAULTS, "output")
 
 
 def _host_port(uri, default_port):

@@ -25,6 +25,7 @@ import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edge import gst
+from edge.config import merge_options
 from edge.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,7 @@ def read_image(path):
 
 
 def _options(options):
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError("unknown source option(s) {}; accepted: {}".format(
-            ", ".join(unknown), ", ".join(sorted(DEFAULTS))))
-    merged = dict(DEFAULTS)
-    merged.update(options)
-    return merged
+    return merge_options(options, DEFAULTS, "source")
 
 
 def open_source(uri, **options):
