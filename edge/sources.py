@@ -324,8 +324,18 @@ def _file(uri, path, opt):
         if problem:
             raise SourceError("cannot play {}: {}".format(path, problem))
     # decodebin picks the decoder: nvv4l2decoder on the Jetson, avdec_h264 elsewhere.
-    desc = "filesrc name=src ! decodebin ! {} ! {}".format(_to_bgr(), _appsink(False))
-    return _gst_source(uri, desc, False, opt, _set("src", location=path))
+    # It exposes video only: an audio or subtitle pad (random bytes can type-find as
+    # subtitles) would stay unlinked and the file would neither play nor fail.
+    desc = ('filesrc name=src ! decodebin caps="video/x-raw(ANY)" expose-all-streams=false'
+            " ! {} ! {}").format(_to_bgr(), _appsink(False))
+    try:
+        return _gst_source(uri, desc, False, opt, _set("src", location=path))
+    except SourceError as exc:
+        if "Missing decoder: " in str(exc):  # what decodebin found, e.g. "Timed Text (..)"
+            found = str(exc).split("Missing decoder: ")[-1][:-1]
+            raise SourceError("cannot open {}: no video stream that can be decoded "
+                              "(found {})".format(path, found))
+        raise
 
 
 def first_frames(source, count, should_stop=None, timeout=0.5):

@@ -1,6 +1,7 @@
 """edge.sources through real GStreamer pipelines, the shared video, stills and folders."""
 import logging
 import os
+import random
 import re
 import shutil
 import threading
@@ -134,9 +135,13 @@ def test_missing_element_names_it_and_its_package():
 def test_garbage_and_interrupted_recordings_fail_clearly(tmp_path):
     data = open(data_path(*VIDEO), "rb").read()
     garbage = tmp_path / "garbage.mkv"
-    garbage.write_bytes(os.urandom(50000))
+    garbage.write_bytes(random.Random(0).randbytes(50000))
     with pytest.raises(SourceError, match="Could not determine type"):
         open_source(str(garbage))
+    # These random bytes type-find as LRC subtitles: no video, said at once (no timeout).
+    garbage.write_bytes(random.Random(131).randbytes(50000))
+    with pytest.raises(SourceError, match="no video stream that can be decoded"):
+        open_source(str(garbage), open_timeout=30)
     # The shared file keeps its index (moov) at the end, like a recording cut short.
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[:len(data) // 2])
@@ -340,7 +345,7 @@ def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
     assert 'capsfilter caps="video/x-raw,width=640,height=480;image/jpeg,width=640,' \
            'height=480" ! decodebin ! nvvidconv' in built["/dev/video0"]
     open_source(data_path(*VIDEO))
-    assert "decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert" in \
+    assert "expose-all-streams=false ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert" in \
            built[data_path(*VIDEO)]
     # Cameras keep the newest frame only; the file delivers every frame.
     assert built["csi://1"].endswith("max-buffers=1 drop=true")
