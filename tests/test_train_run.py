@@ -57,6 +57,25 @@ def test_resume_continues_where_it_stopped(trained, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
 
+def test_ema_is_what_is_selected_saved_and_resumed(trained, tmp_path):
+    out = str(tmp_path / "ema")
+    args = ["--data", data_path("fmd"), "--epochs", "2", "--out", out, "--ema", "0.9"] + QUICK
+    assert train_main(args) == 0
+    payload = checkpoint.read(os.path.join(out, "last.pt"))
+    averaged = {k[len("module."):]: v for k, v in payload["ema_state"].items() if k.startswith("module.")}
+    assert set(averaged) == set(payload["model_state"])
+    assert all(torch.equal(averaged[k], v) for k, v in payload["model_state"].items())
+    assert any(not torch.equal(payload["train_state"][k], v) for k, v in payload["model_state"].items())
+    assert json.load(open(os.path.join(out, "metrics.json")))["test"]["accuracy"] > 0.75
+    # --resume continues both the training weights and their average.
+    resumed = str(tmp_path / "ema_resumed")
+    assert train_main(args[:3] + ["3", "--out", resumed, "--resume", os.path.join(out, "last.pt")]
+                      + args[6:]) == 0
+    assert [h["epoch"] for h in checkpoint.read(os.path.join(resumed, "last.pt"))["history"]] == [1, 2, 3]
+    with pytest.raises(checkpoint.CheckpointError, match="trained without --ema"):
+        train_main(args[:5] + [str(tmp_path / "x"), "--resume", os.path.join(trained, "last.pt")] + args[6:])
+
+
 def test_bad_checkpoint_is_named(tmp_path):
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": 1}, str(bogus))

@@ -37,6 +37,9 @@ def get_args_parser():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.998) and evaluate, select and ship it; 0 disables")
     p.add_argument("--random-erasing", type=float, default=0.0, help="probability of random erasing")
     p.add_argument("--lowres", type=float, default=0.0,
                    help="probability of degrading a training crop to a 12-32 px face and back")

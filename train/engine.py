@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -107,8 +108,11 @@ def batch_mixer(kind, num_classes):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scaler=None, mixer=None,
-                    desc="train", show=True):
-    """One pass over ``loader``; returns (mean loss, accuracy on the un-mixed labels)."""
+                    desc="train", show=True, ema=None):
+    """One pass over ``loader``; returns (mean loss, accuracy on the un-mixed labels).
+
+    ``ema``: a ``torch.optim.swa_utils.AveragedModel`` updated after every step.
+    """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     # disable=None: bars on a terminal only; logs get the one-line epoch summary instead.
@@ -130,6 +134,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scal
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if hasattr(model, "no_sync") else model)
         total_loss += loss.item() * len(hard)
         correct += (logits.argmax(1) == hard).sum().item()
         seen += len(hard)
@@ -187,7 +193,12 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     """Train ``model``; returns (history, best val metrics). Saves best.pt/last.pt in ``out_dir``.
 
     ``args`` needs: epochs, batch_size, lr, weight_decay, workers, seed, patience, monitor,
-    label_smoothing, mix, amp, resume (path or None). Under torchrun, data are sharded.
+    label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off). Under
+    torchrun, data are sharded.
+
+    With ``ema``, an exponential moving average of the weights (and BatchNorm statistics)
+    is what gets evaluated, selected and saved as the model; last.pt keeps the raw training
+    weights too (``train_state``) so that --resume continues the same run.
     """
     rank, world = distributed_setup()
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
@@ -207,12 +218,23 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and args.amp else None
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     mixer = batch_mixer(args.mix, len(classes))
+    ema_decay = getattr(args, "ema", 0.0) or 0.0
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) \
+        if ema_decay else None
+    kept = ema.module if ema is not None else model  # the weights evaluated and saved
     mode = "min" if args.monitor == "loss" else "max"
     stopper = EarlyStopping(args.patience, mode)
     history, start_epoch, best_metrics = [], 1, None
     if getattr(args, "resume", None):
         state = checkpoint.read(args.resume)
-        model.load_state_dict(state["model_state"])
+        if ema is not None:
+            if "ema_state" not in state:
+                raise checkpoint.CheckpointError("%s was trained without --ema; resume it without --ema"
+                                                 % args.resume)
+            model.load_state_dict(state["train_state"])
+            ema.load_state_dict(state["ema_state"])
+        else:
+            model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         history, start_epoch = state.get("history", []), state["epoch"] + 1
@@ -228,10 +250,11 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
             train_loader.sampler.set_epoch(epoch)
         started = time.time()
         train_loss, train_acc = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, device,
-                                                scaler, mixer, "epoch %d/%d" % (epoch, args.epochs), show and rank == 0)
+                                                scaler, mixer, "epoch %d/%d" % (epoch, args.epochs), show and rank == 0,
+                                                ema)
         stop = torch.zeros(1)
         if rank == 0:
-            val, _, _ = evaluate(model, val_loader, device, classes)
+            val, _, _ = evaluate(kept, val_loader, device, classes)
             value = val[args.monitor]
             improved = stopper.step(value)
             history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -247,9 +270,11 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
                 state = dict(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
                              epoch=epoch, history=history, best_value=stopper.best,
                              bad_epochs=stopper.bad_epochs, best_metrics=best_metrics, args=vars(args))
-                checkpoint.save(os.path.join(out_dir, "last.pt"), model, meta, **state)
+                if ema is not None:
+                    state.update(train_state=model.state_dict(), ema_state=ema.state_dict())
+                checkpoint.save(os.path.join(out_dir, "last.pt"), kept, meta, **state)
                 if improved:
-                    checkpoint.save(os.path.join(out_dir, "best.pt"), model, meta, **state)
+                    checkpoint.save(os.path.join(out_dir, "best.pt"), kept, meta, **state)
             stop[0] = float(stopper.should_stop)
         if world > 1:
             dist.broadcast(stop, 0)
