@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,24 @@ def test_training_learns_and_writes_its_report(trained):
         assert os.path.getsize(os.path.join(trained, name)) > 1000
     with open(os.path.join(trained, "confusion_test.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # The mistakes are drawn for review when there are any.
+    assert os.path.isfile(os.path.join(trained, "errors_test.png")) == (metrics["test"]["accuracy"] < 1)
+
+
+def test_mistakes_picture_shows_only_wrong_crops(tmp_path):
+    from train.report import plot_errors
+    labels = np.array([0, 1, 0, 1])
+    right = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    drawn = []
+
+    def crop_of(i):
+        drawn.append(i)
+        return np.full((24, 24, 3), 60 * i, np.uint8)
+    assert not plot_errors(labels, right, ["mask", "no_mask"], crop_of, str(tmp_path / "none.png"))
+    wrong = right.copy()
+    wrong[[1, 2]] = wrong[[1, 2], ::-1]
+    assert plot_errors(labels, wrong, ["mask", "no_mask"], crop_of, str(tmp_path / "e.png"))
+    assert sorted(drawn) == [1, 2] and os.path.getsize(str(tmp_path / "e.png")) > 1000
 
 
 def test_checkpoint_describes_itself_and_round_trips(trained):

@@ -161,7 +161,11 @@ def main(argv=None):
     meta["train_seconds"] = round(time.time() - started, 1)
     checkpoint.save(best_path, model, meta, **{k: v for k, v in payload.items()
                                                if k not in ("format", "meta", "model_state")})
-    report.write_report(args.out, results, history, ("## Grid search\n\n" + search_md) if search_md else "")
+    # The mistakes of every whole set (not the flip or size slices) are drawn for review.
+    datasets = dict(test_sets, val=val_set)
+    crops = {name: datasets[name].boxed for name in results if name in datasets and "under32px" not in name}
+    report.write_report(args.out, results, history, ("## Grid search\n\n" + search_md) if search_md else "",
+                        crops)
     print("report: %s" % os.path.join(args.out, "report.md"))
     if args.export:
         from export.onnx import export_onnx

@@ -117,18 +117,54 @@ def plot_curves(history, path):
     plt.close(fig)
 
 
-def write_report(out_dir, results, history, extra_md=""):
+def plot_errors(labels, probs, classes, crop_of, path, title="errors", limit=24):
+    """The misclassified crops, most confident mistakes first, as a PNG; False if none.
+
+    ``crop_of(i)`` gives sample ``i``'s RGB uint8 crop as the model saw it. Looking at the
+    mistakes is how label noise and unreadable faces are told apart from model errors.
+    """
+    predicted = probs.argmax(1)
+    wrong = np.where(predicted != labels)[0]
+    if not len(wrong):
+        return False
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:limit]
+    plt = _plt()
+    cols = min(6, len(wrong))
+    rows = (len(wrong) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(crop_of(int(i)), interpolation="nearest")
+        ax.set_title("#%d %s\n-> %s %.2f" % (i, classes[labels[i]], classes[predicted[i]],
+                                            probs[i, predicted[i]]), fontsize=8)
+    fig.suptitle("%s: %d of %d wrong%s" % (title, int((predicted != labels).sum()), len(labels),
+                                           " (the %d most confident)" % limit
+                                           if (predicted != labels).sum() > limit else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir, results, history, extra_md="", crops=None):
     """Write metrics.json, report.md and the pictures for every evaluated set.
 
-    ``results``: {set name: (metrics, labels, probs)}.
+    ``results``: {set name: (metrics, labels, probs)}; ``crops``: {set name: crop_of(i)}
+    for the sets whose mistakes are drawn (``plot_errors``).
     """
     os.makedirs(out_dir, exist_ok=True)
     md = ["# Training report", ""]
+    crops = crops or {}
     for name, (m, labels, probs) in results.items():
         plot_confusion(m, os.path.join(out_dir, "confusion_%s.png" % name), "confusion: %s" % name)
         plot_roc(labels, probs, m["classes"], os.path.join(out_dir, "roc_%s.png" % name), "ROC: %s" % name)
         md += ["## %s" % name, "", "```", format_metrics(m, name), "```", "",
                "![confusion](confusion_%s.png) ![roc](roc_%s.png)" % (name, name), ""]
+        errors = "errors_%s.png" % name
+        if name in crops and plot_errors(labels, probs, m["classes"], crops[name],
+                                         os.path.join(out_dir, errors), "mistakes: %s" % name):
+            md += ["![mistakes](%s)" % errors, ""]
     if history:
         plot_curves(history, os.path.join(out_dir, "learning_curves.png"))
         md += ["## Learning curves", "", "![curves](learning_curves.png)", ""]
