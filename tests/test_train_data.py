@@ -124,3 +124,30 @@ def test_subset_is_representative():
     part = collections.Counter((s.split, s.label) for s in small)
     for key, n in full.items():
         assert abs(part[key] - round(n * 0.1)) <= 1
+
+
+def test_face_crop_frames_whole_images_like_the_edge_and_caches(tmp_path, monkeypatch):
+    from edge.detect import default_models_dir
+    from train import facecrop
+    if not os.path.isfile(os.path.join(default_models_dir(), "retinaface_mnet025.onnx")):
+        pytest.skip("retinaface not provisioned (run `make models`)")
+    folder = data_path("fmd", "with_mask")
+    paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))[:4]]
+    blank = str(tmp_path / "wall.png")
+    Image.fromarray(np.full((200, 160, 3), 90, np.uint8)).save(blank)  # no face in it
+    scene = data.Sample(paths[0], (1.0, 2.0, 30.0, 40.0), "mask", "test", "s", "scene")
+    samples = [data.Sample(p, None, "mask", "train", p, "fmd") for p in paths + [blank]] + [scene]
+    hygiene = data.Hygiene()
+    cache = str(tmp_path / "cache")
+    kept = facecrop.find_faces(samples, "retinaface", hygiene, cache_dir=cache, show=False)
+    assert hygiene.counts["no_face_found_by_retinaface"] == 1 and kept[-1] == scene
+    assert [s.path for s in kept[:-1]] == paths
+    for s in kept[:-1]:
+        h, w = data.read_rgb(s.path).shape[:2]
+        x1, y1, x2, y2 = s.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert (x2 - x1) * (y2 - y1) > 0.1 * w * h  # the face, not a speck: these are portraits
+    # The second pass reads the cache: no detector is built.
+    monkeypatch.setattr("edge.detect.create_detector", lambda *a, **k: pytest.fail("detected again"))
+    again = facecrop.find_faces(samples, "retinaface", data.Hygiene(), cache_dir=cache, show=False)
+    assert again == kept

@@ -1,6 +1,7 @@
 """A short real training run on CPU: it learns, reports, checkpoints, resumes, searches, runs under torchrun."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -109,6 +110,24 @@ def test_evaluate_json_on_scene_crops(trained, capsys):
     for key in ("accuracy", "auc", "per_class", "confusion", "n"):
         assert key in result
     assert result["n"] > 500 and result["skipped_other_classes"] > 0  # incorrect faces
+
+
+def test_evaluate_crops_folder_images_to_faces_when_asked(trained, tmp_path, capsys):
+    from edge.detect import default_models_dir
+    if not os.path.isfile(os.path.join(default_models_dir(), "retinaface_mnet025.onnx")):
+        pytest.skip("retinaface not provisioned (run `make models`)")
+    for cls in ("with_mask", "without_mask"):
+        os.makedirs(str(tmp_path / cls))
+        folder = data_path("fmd", cls)
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".jpg"))[:3]:
+            shutil.copy(os.path.join(folder, name), str(tmp_path / cls / name))
+    model = os.path.join(trained, "best.pt")
+    assert evaluate_main(["--model", model, str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["face_crop"] == "none"  # as the model was trained
+    assert evaluate_main(["--model", model, str(tmp_path), "--face-crop", "retinaface", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["face_crop"] == "retinaface"
+    assert result["n"] + result["hygiene"].get("no_face_found_by_retinaface", {"count": 0})["count"] == 6
 
 
 def test_grid_search_with_group_kfold(tmp_path, capsys):

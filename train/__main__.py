@@ -31,6 +31,9 @@ def get_args_parser():
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--crop-margin", type=float, default=0.15, help="face-box margin on each side for scene crops")
     p.add_argument("--min-size", type=int, default=8, help="exclude faces/images whose shorter side is smaller")
+    p.add_argument("--face-crop", default="none", choices=["none", "retinaface", "ssd", "haar"],
+                   help="crop whole images (folder data) to the face this detector finds, as the edge "
+                        "service does; scene annotations keep their boxes")
     p.add_argument("--subset", type=float, default=1.0, help="train on this stratified share of the data")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=32)
@@ -87,6 +90,11 @@ def parse_args(argv=None):
     return args
 
 
+def face_crop(name):
+    """The detector name for ``data.prepare``, or None for ``none``."""
+    return None if name in (None, "none") else name
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -121,7 +129,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.seed, args.subset, args.crop_margin)
+    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.seed, args.subset, args.crop_margin,
+                                    face_crop(args.face_crop))
     summary = data.summarize(samples)
     print(hygiene)
     print("data: %s" % json.dumps(summary["splits"]))

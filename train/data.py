@@ -330,8 +330,12 @@ def summarize(samples):
             "sources": {k: dict(v) for k, v in sorted(sources.items())}}
 
 
-def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15):
-    """Read, clean and split every data root; returns (samples, hygiene)."""
+def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15, face_crop=None):
+    """Read, clean and split every data root; returns (samples, hygiene).
+
+    ``face_crop``: a detector name (``train.facecrop``) that crops whole images to their
+    face as the edge service would; None keeps whole images.
+    """
     hygiene = Hygiene()
     samples = []
     for root in roots:
@@ -343,7 +347,11 @@ def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15
         source, _ = clean(source, min_size, hygiene)
         if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source):
             source = carve_val(source, seed=seed)
-        samples.extend(stratified_split(source, seed=seed))
+        source = stratified_split(source, seed=seed)
+        if face_crop:  # after the split, so that cropping leaves every image in its split
+            from train.facecrop import find_faces
+            source = find_faces(source, face_crop, hygiene, min_size)
+        samples.extend(source)
     samples = subset(samples, subset_fraction, seed)
     if not samples:
         raise DataError("no usable images in %s" % ", ".join(roots))

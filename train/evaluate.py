@@ -47,22 +47,37 @@ def load_any(path):
     return checkpoint.load_model(path)
 
 
-def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64):
-    """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``."""
+def trained_face_crop(meta):
+    """The ``--face-crop`` detector the model was trained with (None: whole images)."""
+    name = (meta.get("train_args") or {}).get("face_crop")
+    return None if name in (None, "none") else name
+
+
+def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
+                  face_crop="trained"):
+    """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``.
+
+    ``face_crop``: detector that crops whole images to their face; ``trained`` (default)
+    uses what the model was trained with, ``none`` keeps whole images.
+    """
     model, meta = load_any(model_path)
+    face_crop = trained_face_crop(meta) if face_crop == "trained" else (None if face_crop == "none" else face_crop)
     source = data.load_source(data_root, meta["crop_margin"])
     skipped = sum(1 for s in source if s.label not in meta["classes"])
     source = [s for s in source if s.label in meta["classes"]]
     if split != "all":
         source = [s for s in source if s.split == split]
     samples, hygiene = data.clean(source, min_size)
+    if face_crop:
+        from train.facecrop import find_faces
+        samples = find_faces(samples, face_crop, hygiene, min_size)
     if not samples:
         raise data.DataError("no usable faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
     dataset = FaceDataset(samples, meta["classes"], meta, EvalTransform(meta), cache=False)
     labels, probs = predict(model, make_loader(dataset, batch_size, False, 0, 0), torch.device("cpu"), flip)
     metrics = report.compute_metrics(labels, probs, meta["classes"])
     metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=skipped,
-                   hygiene=hygiene.summary())
+                   face_crop=face_crop or "none", hygiene=hygiene.summary())
     return metrics
 
 
@@ -74,12 +89,15 @@ def main(argv=None):
                         help="only this split (VOC splits.csv, SF-MASK folders)")
     parser.add_argument("--min-size", type=int, default=8)
     parser.add_argument("--flip", action="store_true", help="average with a mirrored pass")
+    parser.add_argument("--face-crop", default="trained", choices=["trained", "none", "retinaface", "ssd", "haar"],
+                        help="crop whole images to their detected face (trained: as the model was trained)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model):
         parser.error("model not found: %s" % args.model)
     try:
-        metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.flip)
+        metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.flip,
+                                face_crop=args.face_crop)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
