@@ -54,7 +54,10 @@ def get_args_parser():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="train/val/test split and --subset, kept apart from --seed so that runs "
+                        "with different seeds are compared on the same faces")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--resume", help="last.pt of an interrupted run")
     p.add_argument("--out", default="runs/train", help="output folder: checkpoints and report")
@@ -129,7 +132,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.seed, args.subset, args.crop_margin,
+    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.split_seed, args.subset, args.crop_margin,
                                     face_crop(args.face_crop))
     summary = data.summarize(samples)
     print(hygiene)
