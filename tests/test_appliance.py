@@ -124,13 +124,16 @@ def test_health_file_is_written_atomically_and_rate_limited(tmp_path):
     assert load(path)["status"] == "stopped"
 
 
-def test_health_estimates_fps_and_survives_an_unwritable_file(tmp_path):
+def test_health_estimates_fps_and_survives_an_unwritable_file(tmp_path, monkeypatch):
     folder = tmp_path / "state"
+    clock = [1000.0]  # a frame every 0.05 s of a fake clock: a loaded CI machine cannot skew it
+    monkeypatch.setattr(health_mod.time, "monotonic", lambda: clock[0])
     h = health_mod.Health(path=str(folder / "health.json"), min_interval=0.2)
     for frame in range(1, 8):
         h.update(frames=frame, last_frame_time=time.time())
-        time.sleep(0.05)
-    assert 10 < h.snapshot()["fps"] < 25  # 20 frames/s, give or take the sleeps
+        clock[0] += 0.05
+    assert h.snapshot()["fps"] == 20.0
+    monkeypatch.undo()
     shutil.rmtree(str(folder))
     folder.write_text("not a folder")  # every write now fails with ENOTDIR
     time.sleep(0.25)
