@@ -40,7 +40,7 @@ weights: install
 models: install
 	$(PY) -m edge.provision
 
-train: install weights
+train: install weights models  # models: the detectors that --face-crop uses
 	$(PY) -m train --config train/configs/default.yaml
 
 demo: install models

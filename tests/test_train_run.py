@@ -96,6 +96,13 @@ def test_ema_is_what_is_selected_saved_and_resumed(trained, tmp_path):
         train_main(args[:5] + [str(tmp_path / "x"), "--resume", os.path.join(trained, "last.pt")] + args[6:])
 
 
+def test_a_missing_data_folder_is_one_line_not_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "train", "--data", str(tmp_path / "nowhere"),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: data folder not found: %s" % (tmp_path / "nowhere")
+
+
 def test_bad_checkpoint_is_named(tmp_path):
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": 1}, str(bogus))

@@ -185,5 +185,17 @@ def main(argv=None):
     return 0
 
 
+def cli(argv=None):
+    """``main`` with the errors a user can fix (data, checkpoint, detector files) said in
+    one line and exit status 2, instead of a traceback."""
+    from edge.errors import ConfigError, ModelError
+    try:
+        return main(argv)
+    except (data.DataError, checkpoint.CheckpointError, metadata.MetadataError, ConfigError,
+            ModelError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

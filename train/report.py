@@ -90,8 +90,11 @@ def plot_roc(labels, probs, classes, path, title="ROC"):
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[1]:
+        ax.set_title(title)
+        ax.legend(loc="lower right")
+    else:  # a set with one class has no ROC curve
+        ax.set_title(title + " (one class only: no curve)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
