@@ -193,7 +193,8 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     """Train ``model``; returns (history, best val metrics). Saves best.pt/last.pt in ``out_dir``.
 
     ``args`` needs: epochs, batch_size, lr, weight_decay, workers, seed, patience, monitor,
-    label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off). Under
+    label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off) and
+    class_weights (``balanced``, the default, or ``none``). Under
     torchrun, data are sharded.
 
     With ``ema``, an exponential moving average of the weights (and BatchNorm statistics)
@@ -204,7 +205,8 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     model.to(device)
     classes = meta["classes"]
-    weights = class_weights(train_set.targets, len(classes)).to(device)
+    balanced = getattr(args, "class_weights", "balanced") == "balanced"
+    weights = class_weights(train_set.targets, len(classes)).to(device) if balanced else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
