@@ -151,9 +151,11 @@ def test_grid_search_with_group_kfold(tmp_path, capsys):
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "train", "--data", data_path("fmd"), "--epochs", "1", "--out", out, "--device", "cpu"] + QUICK
+           "-m", "train", "--data", data_path("fmd"), "--epochs", "1", "--out", out, "--device", "cpu",
+           "--class-weights", "none"] + QUICK
     cmd[cmd.index("--threads") + 1] = "1"
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     assert done.returncode == 0, done.stdout.decode()[-3000:]
     assert os.path.isfile(os.path.join(out, "best.pt"))
-    assert checkpoint.read(os.path.join(out, "last.pt"))["epoch"] == 1
+    payload = checkpoint.read(os.path.join(out, "last.pt"))
+    assert payload["epoch"] == 1 and payload["meta"]["train_args"]["class_weights"] == "none"
