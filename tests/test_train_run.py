@@ -145,6 +145,7 @@ def test_grid_search_with_group_kfold(tmp_path, capsys):
     assert train_main(args) == 0
     report = open(os.path.join(out, "report.md")).read()
     assert "| 0.01 | 32 |" in report and "| 0.001 | 32 |" in report and "**chosen**" in report
+    assert "mean val loss" in report and "mean val AUC" in report
 
 
 @pytest.mark.slow
