@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from train import checkpoint, data, metadata, report
+from train import facecrop
 from train.engine import FaceDataset, evaluate, fit, make_loader
 from train.models import ARCHS, build_model, normalization, set_trainable
 from train.transforms import EvalTransform, TrainTransform
@@ -31,7 +32,7 @@ def get_args_parser():
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--crop-margin", type=float, default=0.15, help="face-box margin on each side for scene crops")
     p.add_argument("--min-size", type=int, default=8, help="exclude faces/images whose shorter side is smaller")
-    p.add_argument("--face-crop", default="none", choices=["none", "retinaface", "ssd", "haar"],
+    p.add_argument("--face-crop", default="none", choices=facecrop.CHOICES,
                    help="crop whole images (folder data) to the face this detector finds, as the edge "
                         "service does; scene annotations keep their boxes")
     p.add_argument("--subset", type=float, default=1.0, help="train on this stratified share of the data")
@@ -95,11 +96,6 @@ def parse_args(argv=None):
     return args
 
 
-def face_crop(name):
-    """The detector name for ``data.prepare``, or None for ``none``."""
-    return None if name in (None, "none") else name
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -135,7 +131,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     started = time.time()
     samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.split_seed, args.subset, args.crop_margin,
-                                    face_crop(args.face_crop))
+                                    facecrop.detector_name(args.face_crop))
     summary = data.summarize(samples)
     print(hygiene)
     print("data: %s" % json.dumps(summary["splits"]))

@@ -135,7 +135,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scal
             optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model.module if hasattr(model, "no_sync") else model)
+            ema.update_parameters(getattr(model, "module", model))  # unwrapped from DDP
         total_loss += loss.item() * len(hard)
         correct += (logits.argmax(1) == hard).sum().item()
         seen += len(hard)

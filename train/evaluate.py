@@ -14,6 +14,7 @@ import torch
 
 from train import checkpoint, data, report
 from train.engine import FaceDataset, make_loader, predict
+from train.facecrop import CHOICES, detector_name, find_faces
 from train.transforms import EvalTransform
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
@@ -47,12 +48,6 @@ def load_any(path):
     return checkpoint.load_model(path)
 
 
-def trained_face_crop(meta):
-    """The ``--face-crop`` detector the model was trained with (None: whole images)."""
-    name = (meta.get("train_args") or {}).get("face_crop")
-    return None if name in (None, "none") else name
-
-
 def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
                   face_crop="trained"):
     """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``.
@@ -61,7 +56,9 @@ def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, ba
     uses what the model was trained with, ``none`` keeps whole images.
     """
     model, meta = load_any(model_path)
-    face_crop = trained_face_crop(meta) if face_crop == "trained" else (None if face_crop == "none" else face_crop)
+    if face_crop == "trained":
+        face_crop = (meta.get("train_args") or {}).get("face_crop")
+    face_crop = detector_name(face_crop)
     source = data.load_source(data_root, meta["crop_margin"])
     skipped = sum(1 for s in source if s.label not in meta["classes"])
     source = [s for s in source if s.label in meta["classes"]]
@@ -69,7 +66,6 @@ def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, ba
         source = [s for s in source if s.split == split]
     samples, hygiene = data.clean(source, min_size)
     if face_crop:
-        from train.facecrop import find_faces
         samples = find_faces(samples, face_crop, hygiene, min_size)
     if not samples:
         raise data.DataError("no usable faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
@@ -89,7 +85,7 @@ def main(argv=None):
                         help="only this split (VOC splits.csv, SF-MASK folders)")
     parser.add_argument("--min-size", type=int, default=8)
     parser.add_argument("--flip", action="store_true", help="average with a mirrored pass")
-    parser.add_argument("--face-crop", default="trained", choices=["trained", "none", "retinaface", "ssd", "haar"],
+    parser.add_argument("--face-crop", default="trained", choices=("trained",) + CHOICES,
                         help="crop whole images to their detected face (trained: as the model was trained)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

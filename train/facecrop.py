@@ -15,6 +15,7 @@ import os
 import cv2
 import numpy as np
 
+from edge import detect
 from edge.provision import sha256
 from train.data import read_rgb
 
@@ -22,10 +23,16 @@ CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "maskgate", "face_bo
 # Tight crops leave a detector no context around the face: pad each side by this share.
 PAD = 0.25
 DETECTOR_SETTINGS = {"confidence": 0.5, "min_size": 8, "input_size": 640}
+CHOICES = ("none",) + tuple(sorted(detect.DETECTORS))  # the --face-crop values
+
+
+def detector_name(choice):
+    """The detector a ``--face-crop`` choice names, or None for ``none`` (whole images)."""
+    return None if choice in (None, "none") else choice
 
 
 def largest_face(detector, rgb):
-    """(box xyxy in ``rgb`` pixels, score) of the largest face found, or None."""
+    """The box (xyxy in ``rgb`` pixels) of the largest face found, or None."""
     h, w = rgb.shape[:2]
     top, side = int(round(h * PAD)), int(round(w * PAD))
     grey = (127, 127, 127)
@@ -36,11 +43,10 @@ def largest_face(detector, rgb):
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     best = int(np.argmax(areas))
     x1, y1, x2, y2 = boxes[best] - np.array([side, top, side, top], np.float32)
-    box = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
-    return box, float(scores[best])
+    return max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2))
 
 
-def find_faces(samples, detector_name, hygiene, min_size=8, cache_dir=CACHE_DIR, show=True):
+def find_faces(samples, name, hygiene, min_size=8, cache_dir=CACHE_DIR, show=True):
     """Give every whole-image sample (``box`` None) the box of its largest detected face.
 
     Images where the detector finds no face, or only one smaller than ``min_size``, are
@@ -48,29 +54,26 @@ def find_faces(samples, detector_name, hygiene, min_size=8, cache_dir=CACHE_DIR,
     Samples that already have a box (scene annotations) pass through unchanged.
     """
     from tqdm import tqdm
-    from edge.detect import create_detector
     whole = [s for s in samples if s.box is None]
     if not whole:
         return samples
-    settings = dict(DETECTOR_SETTINGS, detector=detector_name)
+    settings = dict(DETECTOR_SETTINGS, detector=name)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    cache_path = os.path.join(cache_dir, "%s-%s.json" % (detector_name, key))
+    cache_path = os.path.join(cache_dir, "%s-%s.json" % (name, key))
     cache = {}
     if os.path.isfile(cache_path):
         with open(cache_path) as f:
             cache = json.load(f)
     detector = None
     boxes = {}
-    for path in tqdm(sorted({s.path for s in whole}), desc="finding faces (%s)" % detector_name,
+    for path in tqdm(sorted({s.path for s in whole}), desc="finding faces (%s)" % name,
                      unit="img", leave=False, disable=None if show else True):
         digest = sha256(path)
         if digest not in cache:
             if detector is None:
-                options = {k: v for k, v in DETECTOR_SETTINGS.items() if k not in ("confidence", "min_size")}
-                detector = create_detector(detector_name, confidence=DETECTOR_SETTINGS["confidence"],
-                                           min_size=DETECTOR_SETTINGS["min_size"], **options)
+                detector = detect.create_detector(name, **DETECTOR_SETTINGS)
             found = largest_face(detector, read_rgb(path))
-            cache[digest] = list(found[0]) if found else None
+            cache[digest] = list(found) if found else None
         boxes[path] = cache[digest]
     if detector is not None:
         os.makedirs(cache_dir, exist_ok=True)
@@ -85,7 +88,7 @@ def find_faces(samples, detector_name, hygiene, min_size=8, cache_dir=CACHE_DIR,
             continue
         box = boxes[s.path]
         if box is None:
-            hygiene.note("no_face_found_by_%s" % detector_name, s.path)
+            hygiene.note("no_face_found_by_%s" % name, s.path)
         elif min(box[2] - box[0], box[3] - box[1]) < min_size:
             hygiene.note("detected_face_below_min_size_%dpx" % min_size, s.path)
         else:

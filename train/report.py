@@ -130,6 +130,7 @@ def plot_errors(labels, probs, classes, crop_of, path, title="errors", limit=24)
     wrong = np.where(predicted != labels)[0]
     if not len(wrong):
         return False
+    n_wrong = len(wrong)
     wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:limit]
     plt = _plt()
     cols = min(6, len(wrong))
@@ -141,9 +142,9 @@ def plot_errors(labels, probs, classes, crop_of, path, title="errors", limit=24)
         ax.imshow(crop_of(int(i)), interpolation="nearest")
         ax.set_title("#%d %s\n-> %s %.2f" % (i, classes[labels[i]], classes[predicted[i]],
                                             probs[i, predicted[i]]), fontsize=8)
-    fig.suptitle("%s: %d of %d wrong%s" % (title, int((predicted != labels).sum()), len(labels),
-                                           " (the %d most confident)" % limit
-                                           if (predicted != labels).sum() > limit else ""), fontsize=9)
+    fig.suptitle("%s: %d of %d wrong%s" % (title, n_wrong, len(labels),
+                                           " (the %d most confident)" % limit if n_wrong > limit else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
