@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # These two lie on this offline machine's disk; other pins download several GB.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DATA ?= ../shared/data
+# The shared data (../shared/data in the README): $MASKGATE_DATA, else beside this checkout,
+# else beside the checkout this one was cloned from (a clone in a scratch folder).
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+DATA ?= $(firstword $(wildcard $(MASKGATE_DATA) ../shared/data $(ORIGIN)/../shared/data) ../shared/data)
+# Tests and the export's parity check read it from there too (tests/conftest.py).
+export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 

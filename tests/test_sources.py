@@ -324,7 +324,7 @@ def test_reconnect_attempts_leak_no_file_descriptors():
     assert after <= before + 1
 
 
-def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
+def test_jetson_pipelines_use_the_hardware_elements(monkeypatch, tmp_path):
     """Off the Jetson only the choice can be checked: with JetPack's elements present,
     the camera, file and MJPEG paths use them (the device run checks the rest)."""
     from edge import sources
@@ -344,13 +344,15 @@ def test_jetson_pipelines_use_the_hardware_elements(monkeypatch):
     open_source("/dev/video0", width=640, height=480)  # auto: raw or MJPEG, decodebin
     assert 'capsfilter caps="video/x-raw,width=640,height=480;image/jpeg,width=640,' \
            'height=480" ! decodebin ! nvvidconv' in built["/dev/video0"]
-    open_source(data_path(*VIDEO))
+    clip = str(tmp_path / "clip.mkv")  # only the pipeline is built: any file name will do
+    open(clip, "wb").close()
+    open_source(clip)
     assert "expose-all-streams=false ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert" in \
-           built[data_path(*VIDEO)]
+           built[clip]
     # Cameras keep the newest frame only; the file delivers every frame.
     assert built["csi://1"].endswith("max-buffers=1 drop=true")
     assert built["v4l2:///dev/video0"].endswith("max-buffers=1 drop=true")
-    assert built[data_path(*VIDEO)].endswith("max-buffers=4 drop=false")
+    assert built[clip].endswith("max-buffers=4 drop=false")
 
 
 def test_loop_of_a_file_that_vanished_ends_cleanly(tmp_path, caplog):
