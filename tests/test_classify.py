@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DATA as SHARED_DATA  # ../shared/data, or $MASKGATE_DATA
 from edge.classify import OrtClassifier, classify_faces, load_classifier, tensorrt_available
 from edge.errors import ConfigError, ModelError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KAGGLE = os.path.join(ROOT, "..", "shared", "data", "kaggle853")
+KAGGLE = os.path.join(SHARED_DATA, "kaggle853")
 SIZE = 64
 
 
@@ -54,7 +55,7 @@ def model(tmp_path_factory):
 def faces():
     """(BGR image, annotated xyxy boxes) of two real test-split scenes."""
     if not os.path.isdir(KAGGLE):
-        pytest.skip("../shared/data/kaggle853 is absent (the shared data set)")
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % KAGGLE)
     out = []
     for name in ("maksssksksss96", "maksssksksss702"):
         root = ET.parse(os.path.join(KAGGLE, "annotations", name + ".xml")).getroot()
@@ -161,7 +162,7 @@ def test_shipped_model_labels_detected_faces_of_real_scenes():
     if not os.path.isfile(SHIPPED):
         pytest.skip("models/mask_classifier.onnx is not there yet (make train)")
     if not os.path.isdir(KAGGLE):
-        pytest.skip("../shared/data/kaggle853 is absent (the shared data set)")
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % KAGGLE)
     from edge.detect import create_detector
     try:
         detector = create_detector("retinaface", confidence=0.3)

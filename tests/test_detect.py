@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DATA as SHARED_DATA  # ../shared/data, or $MASKGATE_DATA
 from edge import provision
 from edge.detect import DETECTORS, create_detector, nms
 from edge.detectors.base import check_frame
 from edge.detectors.retinaface import anchors_for, decode
 from edge.errors import ConfigError, ModelError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data", "kaggle853")
+DATA = os.path.join(SHARED_DATA, "kaggle853")
 MODELS = provision.DEFAULT_DIR
 # Test-split scenes (splits.csv) with several faces of 32 px and more, masked and not.
 SCENES = ["maksssksksss96", "maksssksksss249", "maksssksksss347", "maksssksksss665",
@@ -26,7 +26,7 @@ LABELS = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect
 
 def need_data():
     if not os.path.isdir(DATA):
-        pytest.skip("../shared/data/kaggle853 is absent (the shared data set)")
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % DATA)
 
 
 def need_models():
