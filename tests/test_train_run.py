@@ -160,3 +160,27 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert os.path.isfile(os.path.join(out, "best.pt"))
     payload = checkpoint.read(os.path.join(out, "last.pt"))
     assert payload["epoch"] == 1 and payload["meta"]["train_args"]["class_weights"] == "none"
+
+
+def test_seed_study_summarises_real_runs(trained, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import seed_study
+    metrics = json.load(open(os.path.join(trained, "metrics.json")))
+    # A second "seed": the real run's metrics with another val loss and one more test error.
+    other = json.loads(json.dumps(metrics))
+    other["val"]["loss"] = metrics["val"]["loss"] + 0.02
+    (tmp_path / "seed1").mkdir()
+    json.dump(other, open(str(tmp_path / "seed1" / "metrics.json"), "w"))
+    text = seed_study.table([seed_study.parse_recipe("r=%s,%s" % (trained, tmp_path / "seed1"))])
+    lines = text.splitlines()
+    assert "k853" not in lines[0]  # fmd-only runs: the kaggle853 columns are left out
+    assert len(lines) == 2 + 2 + 1
+    mean_val_loss = metrics["val"]["loss"] + 0.01
+    assert "**%.4f** ± %.4f" % (mean_val_loss, np.std([0, 0.02], ddof=1)) in lines[-1]
+    # Runs on different data cannot be compared, and a missing run says so.
+    del other["val"]
+    json.dump(other, open(str(tmp_path / "seed1" / "metrics.json"), "w"))
+    with pytest.raises(SystemExit, match="no 'val' set in .*seed1"):
+        seed_study.table([seed_study.parse_recipe("r=%s,%s" % (trained, tmp_path / "seed1"))])
+    with pytest.raises(SystemExit, match="no run folder matches"):
+        seed_study.parse_recipe("r=%s" % (tmp_path / "nowhere"))
