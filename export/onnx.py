@@ -1,7 +1,8 @@
 """``python -m export.onnx CHECKPOINT``: a training checkpoint -> a verified, self-describing ONNX model.
 
 The graph: input ``input`` float32 NCHW with a dynamic ``batch`` axis, output ``probs``
-(softmax inside the graph), opset 13 (the newest TensorRT 8.2 on JetPack 4.6 parses),
+(softmax inside the graph; with ``--flip``, the mean of the face's and its mirror image's
+probabilities, metadata ``tta_flip: true``), opset 13 (the newest TensorRT 8.2 on JetPack 4.6 parses),
 simplified by onnxslim to plain operators and passed through ``onnx.checker``. The
 checkpoint's metadata travels in ``metadata_props`` with the checkpoint's sha256 and the
 tool versions. Nothing is reported as done before onnxruntime agrees with PyTorch on real
@@ -47,21 +48,37 @@ class ParityError(ExportError):
 
 
 class WithSoftmax(nn.Module):
-    """The classifier with softmax appended, so the graph outputs probabilities."""
+    """The classifier with softmax appended, so the graph outputs probabilities.
 
-    def __init__(self, model):
+    With ``flip`` (test-time augmentation), each face is also classified mirrored and
+    the two probability vectors are averaged. The mirror is a Gather with constant
+    indices and both halves go through the network as one batch of 2N, then a Reshape to
+    (2, N, classes) and a mean: plain operators with static shapes except N, which
+    TensorRT 8.2 parses and batches well.
+    """
+
+    def __init__(self, model, flip=False, width=None, num_classes=None):
         super().__init__()
         self.model = model
+        self.flip = flip
+        self.num_classes = num_classes
+        if flip:
+            self.register_buffer("mirror", torch.arange(width - 1, -1, -1), persistent=False)
 
     def forward(self, x):
-        return torch.softmax(self.model(x), dim=1)
+        if not self.flip:
+            return torch.softmax(self.model(x), dim=1)
+        both = torch.cat([x, x.index_select(3, self.mirror)], dim=0)
+        probs = torch.softmax(self.model(both), dim=1)
+        return probs.reshape(2, -1, self.num_classes).mean(dim=0)
 
 
-def load_for_export(checkpoint):
+def load_for_export(checkpoint, flip=False):
     """Load ``(model wrapped with softmax, meta)``, with timm layers in their exportable form.
 
     timm's TF-ported models (EfficientNet-Lite) pad "same" from the input size at run
-    time; exportable mode makes that padding a constant the graph can fold.
+    time; exportable mode makes that padding a constant the graph can fold. ``flip``
+    averages with the mirrored face (see ``WithSoftmax``) and says so in the metadata.
     """
     try:
         from timm.layers import set_layer_config
@@ -69,7 +86,10 @@ def load_for_export(checkpoint):
             model, meta = load_model(checkpoint)
     except ImportError:
         model, meta = load_model(checkpoint)
-    return WithSoftmax(model).eval(), meta
+    if flip:
+        meta = dict(meta, tta_flip=True)
+    wrapped = WithSoftmax(model, flip, width=int(meta["input_size"][1]), num_classes=len(meta["classes"]))
+    return wrapped.eval(), meta
 
 
 def _plain(value):
@@ -191,8 +211,10 @@ def fp16_variant(model, reference, batch, out):
     return stats
 
 
-def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48):
+def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48, flip=False):
     """Export ``checkpoint`` to a verified ONNX model at ``out``; return a report dict.
+
+    ``flip``: the graph averages each face with its mirror image (twice the compute).
 
     ``verify_images``: a folder of face images (default: the development data's fmd and
     kaggle853 crops). Raises ``CheckpointError`` for a bad checkpoint, ``ExportError`` for
@@ -200,7 +222,7 @@ def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48):
     failure nothing is left at ``out`` (an existing file there is not touched).
     """
     started = time.time()
-    wrapped, meta = load_for_export(checkpoint)
+    wrapped, meta = load_for_export(checkpoint, flip)
     images = verification_images(verify_images, limit=limit, margin=meta["crop_margin"])
     batch = preprocess(images, meta)
     tmp = _temp_beside(out)
@@ -221,6 +243,7 @@ def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48):
         "onnx": out, "sha256": file_sha256(out), "bytes": os.path.getsize(out), "opset": OPSET,
         "nodes": len(model.graph.node), "ops": sorted({n.op_type for n in model.graph.node}),
         "parity": stats, "images": len(images), "seconds": round(time.time() - started, 2), "fp16": None,
+        "tta_flip": bool(flip),
     }
     if fp16:
         fp16_out = os.path.splitext(out)[0] + ".fp16.onnx"
@@ -242,16 +265,20 @@ def main(argv=None):
     parser.add_argument("--fp16", action="store_true",
                         help="also write OUT.fp16.onnx (FP16 weights, float32 I/O), checked to |dprob| <= %g "
                              "and no confident top class flipped" % FP16_TOL)
+    parser.add_argument("--flip", action="store_true",
+                        help="test-time flip inside the graph: average each face with its mirror image "
+                             "(twice the compute per face)")
     args = parser.parse_args(argv)
     out = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
     print("exporting %s -> %s (opset %d)" % (args.checkpoint, out, OPSET), flush=True)
     try:
-        report = export_onnx(args.checkpoint, out, args.verify, fp16=args.fp16, limit=args.images)
+        report = export_onnx(args.checkpoint, out, args.verify, fp16=args.fp16, limit=args.images, flip=args.flip)
     except (CheckpointError, MetadataError, ExportError, FileNotFoundError, ImportError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
-    print("wrote %s: %d nodes, %.1f MB, sha256 %s, verified on %d real images, %.1f s" % (
-        out, report["nodes"], report["bytes"] / 1e6, report["sha256"][:16], report["images"], report["seconds"]))
+    print("wrote %s: %d nodes%s, %.1f MB, sha256 %s, verified on %d real images, %.1f s" % (
+        out, report["nodes"], ", test-time flip in the graph" if report["tta_flip"] else "",
+        report["bytes"] / 1e6, report["sha256"][:16], report["images"], report["seconds"]))
     if report["fp16"]:
         print("wrote %s (FP16 weights)" % report["fp16"]["onnx"])
     return 0

@@ -64,6 +64,28 @@ def test_batches_1_7_16_agree(exported):
         np.testing.assert_allclose(part, full[:n], atol=1e-5)
 
 
+def test_flip_in_the_graph_averages_a_face_with_its_mirror(checkpoint, exported, tmp_path):
+    flipped = export_onnx(checkpoint, str(tmp_path / "flip.onnx"), limit=24, flip=True)
+    assert flipped["parity"]["max_diff"] <= 1e-4 and flipped["tta_flip"]
+    meta = read_onnx_metadata(flipped["onnx"])
+    assert meta["tta_flip"] is True and "tta_flip" not in read_onnx_metadata(exported["onnx"])
+    model = onnx.load(flipped["onnx"])
+    ops = [n.op_type for n in model.graph.node]
+    # The mirror is one Gather with constant indices; no shape arithmetic for TensorRT 8.2.
+    assert ops.count("Gather") == 1 and not {"Shape", "Pad", "ConstantOfShape", "Slice"} & set(ops)
+    assert ops[-2:] == ["Reshape", "ReduceMean"]
+    faces = batch_of(meta, 16)
+    plain = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+    both = ort.InferenceSession(flipped["onnx"], providers=["CPUExecutionProvider"])
+    expected = (plain.run(["probs"], {"input": faces})[0]
+                + plain.run(["probs"], {"input": np.ascontiguousarray(faces[..., ::-1])})[0]) / 2
+    full = both.run(["probs"], {"input": faces})[0]
+    np.testing.assert_allclose(full, expected, atol=1e-5)
+    np.testing.assert_allclose(both.run(["probs"], {"input": np.ascontiguousarray(faces[..., ::-1])})[0], full, atol=1e-5)
+    for n in (1, 7):
+        np.testing.assert_allclose(both.run(["probs"], {"input": faces[:n]})[0], full[:n], atol=1e-5)
+
+
 def test_metadata_round_trip(checkpoint, exported):
     from edge.model_meta import from_string_props
     from train.checkpoint import read

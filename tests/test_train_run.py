@@ -90,8 +90,12 @@ def test_ema_is_what_is_selected_saved_and_resumed(trained, tmp_path):
     # --resume continues both the training weights and their average.
     resumed = str(tmp_path / "ema_resumed")
     assert train_main(args[:3] + ["3", "--out", resumed, "--resume", os.path.join(out, "last.pt")]
-                      + args[6:]) == 0
+                      + args[6:] + ["--tta-flip", "--export"]) == 0
     assert [h["epoch"] for h in checkpoint.read(os.path.join(resumed, "last.pt"))["history"]] == [1, 2, 3]
+    # --tta-flip reports the mirrored metrics too and puts the flip into the exported model.
+    assert "test_flip" in json.load(open(os.path.join(resumed, "metrics.json")))
+    from export.onnx import read_onnx_metadata
+    assert read_onnx_metadata(os.path.join(resumed, "model.onnx"))["tta_flip"] is True
     with pytest.raises(checkpoint.CheckpointError, match="trained without --ema"):
         train_main(args[:5] + [str(tmp_path / "x"), "--resume", os.path.join(trained, "last.pt")] + args[6:])
 

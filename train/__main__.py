@@ -53,7 +53,8 @@ def get_args_parser():
     p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
     p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=False,
-                   help="report metrics with test-time horizontal flip too")
+                   help="report metrics with test-time horizontal flip too, and with --export put the "
+                        "flip into the exported model (each face averaged with its mirror image)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
@@ -179,7 +180,7 @@ def main(argv=None):
     print("report: %s" % os.path.join(args.out, "report.md"))
     if args.export:
         from export.onnx import export_onnx
-        export_onnx(best_path, os.path.join(args.out, "model.onnx"))
+        export_onnx(best_path, os.path.join(args.out, "model.onnx"), flip=args.tta_flip)
     return 0
 
 

@@ -15,6 +15,9 @@ pins the two equal.
 | mean, std     | RGB normalization on 0..1 pixels                                 |
 | crop_margin   | fraction of the face box's width/height added on each side       |
 | color         | channel order of the network input, always ``RGB``               |
+
+Optional, written by ``export.onnx --flip``: ``tta_flip`` (true: the graph averages each
+face with its mirror image, so the caller does nothing more).
 """
 import json
 
