@@ -10,21 +10,17 @@ A ``Sample`` is one face: an image path, an optional box in it, a class name, a 
 a group (scene or near-duplicate group: what must never straddle two splits).
 """
 import collections
-import csv
 import hashlib
 import os
 import random
-import xml.etree.ElementTree as ET
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-CLASS_SYNONYMS = {
-    "with_mask": "mask", "mask": "mask", "compliant": "mask",
-    "without_mask": "no_mask", "no_mask": "no_mask", "nomask": "no_mask", "non-compliant": "no_mask",
-    "mask_weared_incorrect": "incorrect", "with_incorrect_mask": "incorrect", "incorrect": "incorrect",
-}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+from edge.measure import truth
+from edge.measure.truth import CLASS_SYNONYMS
+from train.images import dhash, read_rgb
+
 # PIL's format name -> the extensions that honestly name it
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}}
@@ -67,28 +63,6 @@ class Hygiene:
         return "hygiene: " + ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
 
 
-def read_rgb(path, hygiene=None):
-    """Decode any image to an HxWx3 uint8 RGB array; alpha, gray, palette and CMYK converted.
-
-    Transparent pixels are composited on white, so a PNG cut-out does not become a
-    black-background tell that only one class has.
-    """
-    with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-            if hygiene is not None:
-                hygiene.note("converted_alpha_to_rgb", path)
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        elif mode in ("L", "I", "I;16", "F", "1") and hygiene is not None:
-            hygiene.note("converted_gray_to_rgb", path)
-        elif mode == "CMYK" and hygiene is not None:
-            hygiene.note("converted_cmyk_to_rgb", path)
-        return np.asarray(im.convert("RGB"))
-
-
 def inspect_file(path, hygiene):
     """Check one file; return (sha256, width, height) or None when it must be excluded."""
     try:
@@ -112,14 +86,6 @@ def inspect_file(path, hygiene):
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return digest, rgb.shape[1], rgb.shape[0], dhash(rgb)
-
-
-def dhash(rgb):
-    """64-bit difference hash: survives re-encoding, resizing and mild colour changes."""
-    import cv2
-    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
-    bits = (gray[:, 1:] > gray[:, :-1]).flatten()
-    return int(np.packbits(bits).view(">u8")[0])
 
 
 def near_duplicate_groups(paths, hashes, max_distance=4):
@@ -161,33 +127,17 @@ def read_class_folders(root, split=None, source=None):
     return samples
 
 
-def read_voc(root, margin=0.0, source=None):
-    """Face boxes of a VOC scene set; ``split`` from ``root/splits.csv`` when present."""
-    ann_dir, img_dir = os.path.join(root, "annotations"), os.path.join(root, "images")
-    splits = {}
-    splits_csv = os.path.join(root, "splits.csv")
-    if os.path.isfile(splits_csv):
-        with open(splits_csv, newline="") as f:
-            splits = {row["image"]: row["split"] for row in csv.DictReader(f)}
+def read_voc(root, source=None):
+    """Face boxes of a VOC scene set (``edge.measure.truth``'s reader); ``split`` from
+    ``root/splits.csv`` when present."""
+    splits = truth.read_splits(root)
     samples = []
-    for name in sorted(os.listdir(ann_dir)):
-        if not name.endswith(".xml"):
-            continue
-        tree = ET.parse(os.path.join(ann_dir, name)).getroot()
-        filename = tree.findtext("filename") or os.path.splitext(name)[0] + ".jpg"
-        path = os.path.join(img_dir, filename)
-        if not os.path.isfile(path):  # converted sets keep the annotation's old extension
-            stem = os.path.splitext(filename)[0]
-            matches = [f for f in os.listdir(img_dir) if os.path.splitext(f)[0] == stem]
-            path = os.path.join(img_dir, matches[0]) if matches else path
-        scene = os.path.basename(path)
-        for obj in tree.iter("object"):
-            label = canonical_class(obj.findtext("name"), os.path.join(ann_dir, name))
-            bb = obj.find("bndbox")
-            box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            samples.append(Sample(path, box, label, splits.get(scene), scene, source or os.path.basename(root)))
+    for scene in truth.read_voc(root):
+        for box, label in zip(scene.boxes, scene.labels):
+            samples.append(Sample(scene.path, tuple(float(v) for v in box), label, splits.get(scene.key),
+                                  scene.key, source or os.path.basename(os.path.normpath(root))))
     if not samples:
-        raise DataError("no annotated faces under %s" % ann_dir)
+        raise DataError("no annotated faces under %s" % os.path.join(root, "annotations"))
     return samples
 
 
@@ -203,12 +153,12 @@ def detect_layout(root):
     return "folders"
 
 
-def load_source(root, margin=0.15):
+def load_source(root):
     """Read any supported layout into samples (split set where the layout fixes it)."""
     layout = detect_layout(root)
     name = os.path.basename(os.path.normpath(root))
     if layout == "voc":
-        return read_voc(root, margin, source=name)
+        return read_voc(root, source=name)
     if layout == "sfmask":
         return (read_class_folders(os.path.join(root, "train"), "train", source=name)
                 + read_class_folders(os.path.join(root, "test"), "test", source=name))
@@ -249,7 +199,7 @@ def clean(samples, min_size=8, hygiene=None):
             w, h = width, height
         else:
             w, h = s.box[2] - s.box[0], s.box[3] - s.box[1]
-        if min(w, h) < min_size:
+        if max(w, h) < min_size:  # the longest side, as the edge detector measures a face
             hygiene.note("below_min_size_%dpx" % min_size, s.path)
             continue
         kept.append(s)
@@ -330,7 +280,7 @@ def summarize(samples):
             "sources": {k: dict(v) for k, v in sorted(sources.items())}}
 
 
-def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15, face_crop=None):
+def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, face_crop=None):
     """Read, clean and split every data root; returns (samples, hygiene).
 
     ``face_crop``: a detector name (``train.facecrop``) that crops whole images to their
@@ -339,7 +289,7 @@ def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15
     hygiene = Hygiene()
     samples = []
     for root in roots:
-        source = load_source(root, margin)
+        source = load_source(root)
         unused = [s for s in source if s.label not in classes]
         for s in unused:
             hygiene.note("class_not_trained_%s" % s.label, s.path)

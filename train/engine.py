@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from edge.infer.preprocess import expand_box, letterbox
 from train import checkpoint, report
-from train.data import read_rgb
-from train.transforms import expand_box, letterbox
+from train.images import read_rgb
 
 
 class FaceDataset(Dataset):
