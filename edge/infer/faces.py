@@ -7,6 +7,9 @@ here once: a face wearing its mask correctly (``mask``) is compliant; ``no_mask`
 """
 from edge.infer.model_meta import CLASS_NAMES
 
+# The one compliant label; every other class (no_mask, incorrect) is non-compliant.
+COMPLIANT = "mask"
+
 
 class Face(object):
     """One face in one frame: box (xyxy pixels), detector score, class probabilities,
@@ -38,7 +41,12 @@ def count_labels(faces):
     return counts
 
 
+def is_compliant(label):
+    """Whether a label is compliant (a mask worn correctly); None (unclassified) is not."""
+    return label == COMPLIANT
+
+
 def compliance(counts):
-    """Fraction of classified faces wearing a mask correctly, or None without faces."""
+    """Fraction of classified faces (or people) wearing a mask correctly, or None without any."""
     total = sum(counts.values())
-    return counts.get("mask", 0) / float(total) if total else None
+    return counts.get(COMPLIANT, 0) / float(total) if total else None

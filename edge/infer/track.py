@@ -54,6 +54,7 @@ class Track(object):
         self.hits = 1                # detections matched, this one included
         self.missed = 0              # detector runs since the last match
         self.last_classified = None  # frame number of the last classification
+        self.classified = 0          # classifications so far (the vote holds the last ``vote``)
         self.history = collections.deque(maxlen=vote)
         self.label = None
         self.score = 0.0
@@ -67,6 +68,7 @@ class Track(object):
         """Record a classification and update the voted label (mean of the recent vectors)."""
         self.history.append(np.asarray(probs, np.float32))
         self.last_classified = frame
+        self.classified += 1
         self.probs = np.mean(self.history, axis=0)
         best = int(np.argmax(self.probs))
         self.label, self.score = classes[best], float(self.probs[best])
