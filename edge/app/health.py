@@ -3,8 +3,9 @@
 ``Health.update(**fields)`` is called from the main loop. It keeps the latest fields and
 rewrites a small JSON file atomically (temporary file + rename, at most once a second, at
 once when the source state changes), and optionally serves the same JSON at
-``GET /health`` over HTTP. The endpoint binds to 127.0.0.1 unless a host is given, and
-refuses to start on any other address without a token.
+``GET /health`` over HTTP, on the service's one HTTP server (``edge.ops.web``, which also
+serves /metrics and the page). The endpoint binds to 127.0.0.1 unless a host is given,
+and refuses to start on any other address without a token.
 
 ``python -m edge.health PATH_OR_URL`` prints the status and exits non-zero when the last
 frame is too old or the service stopped updating it (for cron, Docker HEALTHCHECK, an
@@ -14,17 +15,13 @@ import argparse
 import json
 import logging
 import os
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from socketserver import ThreadingMixIn
 from urllib.error import HTTPError, URLError
-from urllib.parse import parse_qs, urlsplit
 from urllib.request import Request, urlopen
 
-from edge.common import atomic_write, is_loopback, token_ok
-from edge.errors import ConfigError
+from edge.common import atomic_write
+from edge.ops.web import WebServer, parse_bind, send  # noqa: F401 (parse_bind: part of this API)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +35,12 @@ class Health(object):
     path: JSON file (None: no file). http: "HOST:PORT", "PORT" or an int (None: no
     endpoint; port 0 picks a free port, see ``http_address``). token: required by the
     endpoint (Authorization: Bearer TOKEN or ?token=TOKEN); mandatory off loopback.
+    server: a ``WebServer`` to serve /health on instead (the service's one server; it
+    brings its own bind and token, and whoever made it closes it).
     """
 
     def __init__(self, path=None, http=None, token=None, stale_after=STALE_AFTER,
-                 min_interval=1.0):
+                 min_interval=1.0, server=None):
         self.path = path
         self.token = token or None
         self.stale_after = float(stale_after)
@@ -55,12 +54,15 @@ class Health(object):
         self._fps_mark = None  # (monotonic time, frames) at the last FPS estimate
         self._write_failed = False
         self._closed = False
-        self._server = None
+        self._server, self._owns_server = server, False
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-        if http not in (None, "", False):
-            self._start_http(http)
+        if server is None and http not in (None, "", False):
+            self._server, self._owns_server = WebServer(http, token), True
+            self._server.route("/", self._serve)  # a health endpoint of its own: / is /health
+        if self._server is not None:
+            self._server.route("/health", self._serve)
 
     # -- state -------------------------------------------------------------------------
 
@@ -146,10 +148,9 @@ class Health(object):
             return
         self._closed = True
         self.write()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._server is not None and self._owns_server:
+            self._server.close()
+        self._server = None
 
     def __enter__(self):
         return self
@@ -162,86 +163,12 @@ class Health(object):
     @property
     def http_address(self):
         """(host, port) the endpoint listens on, or None."""
-        return self._server.server_address[:2] if self._server else None
+        return self._server.address if self._server else None
 
-    def _start_http(self, spec):
-        host, port = parse_bind(spec)
-        if not is_loopback(host) and not self.token:
-            raise ConfigError(
-                "health.http binds to %s, reachable from the network, without a token: "
-                "set health.token (or bind 127.0.0.1)" % host)
-        server_class = _Server6 if ":" in host else _Server
-        try:
-            self._server = server_class((host, port), _Handler)
-        except OSError as exc:
-            raise ConfigError("health.http: cannot listen on %s:%d: %s" % (host, port, exc))
-        self._server.health = self
-        thread = threading.Thread(target=self._server.serve_forever, name="health-http")
-        thread.daemon = True
-        thread.start()
-        log.info("health endpoint on http://%s:%d/health%s", host, self.http_address[1],
-                 " (token required)" if self.token else "")
-
-    def authorized(self, headers, query):
-        """Whether a request carries the token (always true when none is configured)."""
-        return token_ok(self.token, headers, query)
-
-
-def parse_bind(spec):
-    """"HOST:PORT", ":PORT", "PORT", "[::1]:PORT" or an int -> (host, port); host 127.0.0.1 by default."""
-    text = str(spec).strip()
-    host = "127.0.0.1"
-    if text.startswith("["):
-        host, _, text = text[1:].partition("]")
-        text = text.lstrip(":")
-    elif ":" in text:
-        name, _, text = text.rpartition(":")
-        host = name or host
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ConfigError("health.http: %r is not HOST:PORT or PORT (port 0..65535)" % (spec,))
-    return host, port
-
-
-class _Server(ThreadingMixIn, HTTPServer):
-    # ThreadingHTTPServer is Python 3.7+; this is the same thing for JetPack's 3.6.
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """GET /health -> the JSON document (200 when ok/starting, 503 when stale/stopped)."""
-
-    def do_GET(self):
-        url = urlsplit(self.path)
-        health = self.server.health
-        if url.path.rstrip("/") not in ("/health", ""):
-            self._send(404, {"error": "not found: try /health"})
-        elif not health.authorized(self.headers, parse_qs(url.query)):
-            self._send(401, {"error": "token required"})
-        else:
-            doc = health.snapshot()
-            self._send(200 if doc["status"] in ("ok", "starting") else 503, doc)
-
-    def _send(self, code, doc):
-        body = (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if code == 401:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):
-        log.debug("health http: " + fmt, *args)
+    def _serve(self, handler, query):
+        """GET /health -> the JSON document (200 when ok/starting, 503 when stale/stopped)."""
+        doc = self.snapshot()
+        send(handler, 200 if doc["status"] in ("ok", "starting") else 503, doc)
 
 
 # -- the operator's check ------------------------------------------------------------

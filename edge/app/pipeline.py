@@ -3,8 +3,9 @@
 ``Pipeline`` is the service's per-frame logic on top of ``edge.infer.analyzer.FaceAnalyzer``
 (one frame in, faces out): the tracker (detection every ``detect_every`` frames and at
 scene cuts, classification of a face when it appears and then every ``classify_every``
-frames, all due faces of a frame in one batch), overlay, sinks, events and health. A
-frame that raises is logged (rate-limited), counted and skipped. ``run`` reads a source
+frames, all due faces of a frame in one batch), overlay, sinks, events, health and the
+operator's hub (people, alerts, MQTT, the page: ``edge.ops``). A frame that raises is
+logged (rate-limited), counted and skipped. ``run`` reads a source
 through it; ``edge.app.assemble`` builds both from the configuration.
 """
 import logging
@@ -28,12 +29,14 @@ class Pipeline(object):
     ``EventWriter`` or None; health: an object with ``update(**fields)`` or None;
     saver: a ``FaceSaver`` (save_faces) or None; scene_cut: mean grey-level change of a
     thumbnail (0..255) that counts as a new scene: detect at once and forget the tracks
-    (0: off).
+    (0: off); ops: an ``edge.ops.hub.OpsHub`` or None. A sink with an ``active``
+    attribute that is False (nobody watching) is skipped, and the frame is drawn only
+    when some sink takes it.
     """
 
     def __init__(self, analyzer, tracker=None, detect_every=1, classify_every=1, baseline=False,
                  draw=True, blur=False, sinks=(), events=None, health=None, saver=None,
-                 scene_cut=0.0):
+                 scene_cut=0.0, ops=None):
         self.analyzer, self.baseline = analyzer, baseline
         self.timer = analyzer.timer
         if baseline:
@@ -45,6 +48,7 @@ class Pipeline(object):
         self._thumb = None
         self._since_detect = None  # frames since the detector last ran (None: never)
         self.sinks, self.events, self.health, self.saver = list(sinks), events, health, saver
+        self.ops = ops
         self.frames = 0           # frames processed (bad ones included)
         self.frame_size = None    # (width, height) of the last frame
         self.errors = 0           # frames that raised
@@ -81,15 +85,19 @@ class Pipeline(object):
         faces = [self._face(t) for t in tracks]
         self.faces_seen += len(faces)
         counts = count_labels(faces)
-        if self.sinks:
+        taking = [s for s in self.sinks if getattr(s, "active", True)]
+        if taking:
             with self.timer.stage("draw"):
                 shown = overlay.draw(image, faces, self.fps, counts, blur=self.blur, boxes=self.draw)
             with self.timer.stage("write"):
-                for sink in self.sinks:
+                for sink in taking:
                     sink.write(shown)
         if self.events is not None:
             self.events.write(n if index is None else index, faces,
                               {"pts": round(pts, 3)} if pts is not None else None)
+        if self.ops is not None:
+            with self.timer.stage("ops"):
+                self.ops.on_frame(faces, self.tracker.all, n if index is None else index)
         return faces
 
     def step(self, image, index=None, pts=None):
@@ -164,7 +172,7 @@ def run(pipeline, source, should_stop=None, max_frames=0, heartbeat=None, read_t
     runs on every iteration, frame or not, so a stalled camera is not a hung service.
     """
     should_stop = should_stop or (lambda: False)
-    timer, health = pipeline.timer, pipeline.health
+    timer, health, ops = pipeline.timer, pipeline.health, getattr(pipeline, "ops", None)
     start, cpu = time.perf_counter(), _cpu_seconds()
     state = None
     pending = list(pending)
@@ -182,6 +190,8 @@ def run(pipeline, source, should_stop=None, max_frames=0, heartbeat=None, read_t
                 # then shows a live loop during a camera outage (Health rate-limits writes).
                 state = source.state
                 health.update(source_state=state)
+            if ops is not None:
+                ops.tick(source.state)
             continue
         timer.add("capture", time.perf_counter() - t0)
         faces = pipeline.step(frame.image, frame.index, frame.pts)
@@ -190,6 +200,8 @@ def run(pipeline, source, should_stop=None, max_frames=0, heartbeat=None, read_t
             health.update(last_frame_time=time.time(), fps=round(pipeline.fps, 2),
                           source_state=state, faces=len(faces or ()),
                           frames=pipeline.frames, errors=pipeline.errors)
+        if ops is not None:
+            ops.tick(source.state, pipeline.fps, pipeline.frames, pipeline.errors)
         if progress is not None:
             progress(pipeline.frames - first_frame, time.perf_counter() - start)
         if max_frames and pipeline.frames >= max_frames:

@@ -4,6 +4,7 @@
 mode and the video loop (``edge.app.pipeline``) all run it. ``StageTimer`` records each
 stage's latency for the bench and the end-of-run log.
 """
+import bisect
 import collections
 import contextlib
 import time
@@ -14,25 +15,46 @@ from edge.infer.classify.base import DEFAULT_MAX_BATCH
 from edge.infer.faces import Face
 from edge.infer.preprocess import crops_to_batch
 
-STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write")
+STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write", "ops")
+# Upper bounds (seconds) of the latency histogram that /metrics exports, +Inf implied.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class StageTimer(object):
-    """Latencies per stage in seconds (the last ``keep`` of each, so memory stays bounded)."""
+    """Latencies per stage in seconds: the last ``keep`` of each (so memory stays bounded)
+    for percentiles, and counts per bucket of ``BUCKETS`` since the start for histograms."""
 
     def __init__(self, keep=5000):
         self.samples = collections.OrderedDict((s, collections.deque(maxlen=keep)) for s in STAGES)
         self.totals = dict((s, 0.0) for s in STAGES)
         self.counts = dict((s, 0) for s in STAGES)
+        self.buckets = dict((s, [0] * (len(BUCKETS) + 1)) for s in STAGES)
 
     def add(self, stage, seconds):
         """Record one measurement of ``stage``."""
         if stage not in self.samples:
-            self.samples[stage] = collections.deque(maxlen=self.samples["capture"].maxlen)
+            self.buckets[stage] = [0] * (len(BUCKETS) + 1)
             self.totals[stage], self.counts[stage] = 0.0, 0
+            self.samples[stage] = collections.deque(maxlen=self.samples["capture"].maxlen)
         self.samples[stage].append(seconds)
         self.totals[stage] += seconds
         self.counts[stage] += 1
+        self.buckets[stage][bisect.bisect_left(BUCKETS, seconds)] += 1
+
+    def histograms(self):
+        """{stage: (cumulative counts per bucket of ``BUCKETS`` and +Inf, sum, count)} of the
+        stages that ran; safe to call from another thread while the loop adds."""
+        out = collections.OrderedDict()
+        for stage in list(self.samples):
+            counts = list(self.buckets[stage])
+            if not self.counts[stage]:
+                continue
+            cumulative, total = [], 0
+            for n in counts:
+                total += n
+                cumulative.append(total)
+            out[stage] = (cumulative, self.totals[stage], total)
+        return out
 
     @contextlib.contextmanager
     def stage(self, name):
@@ -61,6 +83,7 @@ class StageTimer(object):
         for stage in list(self.samples):
             self.samples[stage].clear()
             self.totals[stage], self.counts[stage] = 0.0, 0
+            self.buckets[stage] = [0] * (len(BUCKETS) + 1)
 
 
 class FaceAnalyzer(object):

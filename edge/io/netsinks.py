@@ -1,4 +1,5 @@
-"""Network video outputs: an in-process RTSP server and MJPEG over HTTP.
+"""Network video outputs: an in-process RTSP server and MJPEG over HTTP (a server of its
+own, or the service's one HTTP server through ``MjpegFeed``).
 
 Both bind 127.0.0.1 unless the URI names a host (rtsp://0.0.0.0:8554/out); the HTTP
 stream exposed beyond localhost requires a token, which clients give as `?token=...` or
@@ -9,6 +10,7 @@ import http.server
 import logging
 import socketserver
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 from edge.common import is_loopback, redact, token_ok
@@ -140,22 +142,104 @@ def _basic_auth(user, password):
     return auth
 
 
-class MjpegSink(Sink):
-    """MJPEG over HTTP (multipart/x-mixed-replace) from a thread: http://HOST:PORT/.
+class MjpegFeed(Sink):
+    """The newest frame for MJPEG viewers (multipart/x-mixed-replace), served by ``serve``.
+
+    ``write`` only keeps a reference to the frame (the loop draws each frame on a new
+    array); the first viewer thread that wants it encodes it to JPEG, once for all
+    viewers, so the encoding happens off the camera loop. ``active`` is False while nobody
+    watches or, with ``max_fps``, until the next frame is due: the loop then skips drawing
+    for this output. The service's page serves one of these at /stream.mjpg.
+    """
+
+    def __init__(self, uri, quality, max_fps=None):
+        Sink.__init__(self, uri)
+        self._quality = int(quality)
+        self._interval = 1.0 / max_fps if max_fps else 0.0
+        self._cond = threading.Condition()
+        self._encode_lock = threading.Lock()
+        self._image, self._seq, self.clients, self._closed = None, 0, 0, False
+        self._jpeg, self._jpeg_seq = None, 0
+        self._last = None
+        self.encoded = 0  # JPEG frames encoded (for the bench and the tests)
+
+    @property
+    def active(self):
+        """Whether the loop should draw and write the next frame here."""
+        if not self.clients or self._closed:
+            return False
+        return self._last is None or time.monotonic() - self._last >= 0.95 * self._interval
+
+    def _write(self, image):
+        if not self.clients:
+            return
+        with self._cond:
+            self._last = time.monotonic()
+            self._image, self._seq = image, self._seq + 1
+            self._cond.notify_all()
+
+    def next_jpeg(self, seq, timeout=1.0):
+        """(jpeg bytes, seq) newer than `seq`, waiting up to `timeout`; (None, seq) if none."""
+        import cv2
+        with self._cond:
+            if self._seq == seq and not self._closed:
+                self._cond.wait(timeout)
+            if self._closed or self._seq == seq:
+                return None, seq
+            image, current = self._image, self._seq
+        with self._encode_lock:
+            if self._jpeg_seq != current:
+                ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
+                if not ok:
+                    raise SinkError("JPEG encoding failed")
+                self._jpeg, self._jpeg_seq = jpeg.tobytes(), current
+                self.encoded += 1
+            return self._jpeg, self._jpeg_seq
+
+    def serve(self, handler):
+        """Stream to one HTTP client (``handler``, a BaseHTTPRequestHandler) until it leaves."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        handler.send_header("Cache-Control", "no-cache, private")
+        handler.end_headers()
+        with self._cond:
+            self.clients += 1
+        seq = 0
+        try:
+            while not self._closed:
+                jpeg, seq = self.next_jpeg(seq)
+                if jpeg is None:
+                    continue
+                handler.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the viewer went away
+        finally:
+            with self._cond:
+                self.clients -= 1
+
+    def _shutdown(self):
+        cond = getattr(self, "_cond", None)
+        if cond is None:
+            return
+        with cond:
+            self._closed = True
+            cond.notify_all()
+
+
+class MjpegSink(MjpegFeed):
+    """MJPEG over HTTP from a server of its own: http://HOST:PORT/.
 
     Frames are JPEG-encoded only while a client watches. Beyond localhost a token is
     required, given by clients as ?token=... or `Authorization: Bearer ...`.
     """
 
     def __init__(self, uri, host, port, token, quality):
-        Sink.__init__(self, uri)
+        MjpegFeed.__init__(self, uri, quality)
         if not is_loopback(host) and not token:
             raise SinkError("output {} exposes the video beyond localhost: give it a token "
                             "(http://{}:{}/?token=SECRET)".format(uri, host, port))
         self._token = token
-        self._quality = int(quality)
-        self._cond = threading.Condition()
-        self._jpeg, self._seq, self.clients, self._closed = None, 0, 0, False
         try:
             self._server = _HttpServer((host, port), _MjpegHandler)
         except OSError as exc:
@@ -170,36 +254,14 @@ class MjpegSink(Sink):
         log.info("MJPEG output at http://%s:%d/%s", host, self.port,
                  " (token required)" if token else "")
 
-    def _write(self, image):
-        import cv2
-        if not self.clients:
-            return
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-        if not ok:
-            raise SinkError("JPEG encoding failed")
-        with self._cond:
-            self._jpeg, self._seq = jpeg.tobytes(), self._seq + 1
-            self._cond.notify_all()
-
-    def next_jpeg(self, seq, timeout=1.0):
-        """(jpeg bytes, seq) newer than `seq`, waiting up to `timeout`; (None, seq) if none."""
-        with self._cond:
-            if self._seq == seq and not self._closed:
-                self._cond.wait(timeout)
-            if self._closed or self._seq == seq:
-                return None, seq
-            return self._jpeg, self._seq
-
     def authorized(self, path, headers):
         """True when no token is set, or the request carries it."""
         return token_ok(self._token, headers, parse_qs(urlsplit(path).query))
 
     def _shutdown(self):
+        MjpegFeed._shutdown(self)
         if getattr(self, "_server", None) is None:
             return
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._server = None
@@ -218,25 +280,7 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
         if not sink.authorized(self.path, self.headers):
             self.send_error(401, "token required")
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.send_header("Cache-Control", "no-cache, private")
-        self.end_headers()
-        with sink._cond:
-            sink.clients += 1
-        seq = 0
-        try:
-            while not sink._closed:
-                jpeg, seq = sink.next_jpeg(seq)
-                if jpeg is None:
-                    continue
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                 + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the viewer went away
-        finally:
-            with sink._cond:
-                sink.clients -= 1
+        sink.serve(self)
 
     def log_message(self, fmt, *args):
         log.debug("http %s: " + fmt, self.client_address[0], *args)

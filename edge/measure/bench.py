@@ -63,9 +63,9 @@ def build_parser():
     parser.add_argument("--sweep-repeat", type=int, default=5, metavar="N",
                         help="passes over the crops per sweep point (default 5)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOPs count / Nano estimate")
-    # What acts in a measurement; health and logging do not.
-    cfg.add_arguments(parser, exclude=("input", "outputs", "headless", "log_level", "health.file",
-                                       "health.http", "health.token"))
+    # What acts in a measurement; the health file and logging do not. --health-http
+    # (the HTTP server: /metrics, the page) and --mqtt do: their cost is measured.
+    cfg.add_arguments(parser, exclude=("input", "outputs", "headless", "log_level", "health.file"))
     return parser
 
 
@@ -107,8 +107,8 @@ def measure(config, analyzer=None, warmup=10, outputs=(), should_stop=None):
     if analyzer is not None:
         analyzer = FaceAnalyzer(analyzer.detector, analyzer.classifier, timer=timer,
                                 max_batch=1 if config["baseline"] else config["classifier"]["max_batch"])
-    with VideoRun(config, outputs=outputs, analyzer=analyzer, timer=timer, health=False,
-                  should_stop=should_stop) as video:
+    with VideoRun(config, outputs=outputs, analyzer=analyzer, timer=timer,
+                  health=bool(config["health"]["http"]), should_stop=should_stop) as video:
         analyzer, pipeline = video.analyzer, video.pipeline
         video._owns_analyzer = False  # handed back to the caller, who closes it
         pending = video.first

@@ -8,7 +8,7 @@ import pytest
 from conftest import data_path, require_detectors
 from edge.measure import bench, flops
 
-STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write")
+STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write", "ops")
 
 
 @pytest.fixture(scope="module")
