@@ -14,7 +14,7 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install install-edge system-deps weights models train demo evaluate bench test lint soak clean
+.PHONY: help install install-edge system-deps test-deps weights models train demo evaluate bench test lint soak clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
@@ -30,17 +30,21 @@ help:
 system-deps:
 	@./scripts/install-system-deps.sh
 
-# What the service needs (numpy, OpenCV, PyYAML, onnxruntime, PyGObject): no torch.
+# What only the tests use: a Mosquitto broker, Chromium and ChromeDriver, openssl.
+test-deps:
+	@./scripts/install-system-deps.sh --test
+
+# What the service needs (numpy, OpenCV, PyYAML, onnxruntime, PyGObject, paho-mqtt): no torch.
 $(VENV)/.edge-installed: pyproject.toml | system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[ort,gst]"
+	$(PIP) install -q -e ".[ort,gst,mqtt]"
 	touch $@
 
 # Everything: training (torch), export and the test tools on top.
 $(VENV)/.installed: $(VENV)/.edge-installed
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e ".[train,export,ort,gst,dev]"
+	$(PIP) install -q -e ".[train,export,ort,gst,mqtt,dev]"
 	touch $@
 
 install-edge: $(VENV)/.edge-installed
@@ -68,7 +72,7 @@ bench: install models
 	mkdir -p $(OUT)
 	$(VENV)/bin/edge-bench $(DEMO_INPUT) $(OUT)/bench.mp4 --events $(OUT)/bench.jsonl --vs-baseline
 
-test: install weights models lint
+test: install weights models lint test-deps
 	$(PY) -m pytest -q
 
 # What runs on the Nano (edge/, the torch-free part of export/) must parse as Python 3.6.

@@ -125,6 +125,11 @@ install_venv() {
            "(docker build: set \"default-runtime\": \"nvidia\" in /etc/docker/daemon.json)" >&2
     fi
   fi
+  # MQTT events (events.mqtt): paho-mqtt 1.6 is the last line for Python 3.6.
+  if ! "$VENV_PY" -c 'import paho.mqtt.client' 2>/dev/null; then
+    "$VENV_PY" -m pip install -q "paho-mqtt>=1.6,<2" \
+      || echo "warning: paho-mqtt not installed (events.mqtt will not work)" >&2
+  fi
   # onnxruntime runs the RetinaFace detector and the --backend ort fallback. PyPI's 1.10 is
   # the last aarch64 wheel for Python 3.6 (CPU only); --ort-wheel takes NVIDIA's
   # onnxruntime-gpu wheel for JetPack 4.6 (Jetson Zoo) instead.

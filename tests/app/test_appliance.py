@@ -297,7 +297,9 @@ def test_install_layout_is_the_same_everywhere():
     # The x86 image installs exactly what `make install` does: the same system-deps script
     # and the service's extras of pyproject.toml.
     cpu = read("docker", "Dockerfile.cpu")
-    assert "scripts/install-system-deps.sh" in cpu and '-e ".[ort,gst]"' in cpu
+    assert "scripts/install-system-deps.sh" in cpu and '-e ".[ort,gst,mqtt]"' in cpu
+    assert '".[ort,gst,mqtt]"' in read("Makefile")  # make install-edge: the same extras
+    assert "paho-mqtt>=1.6,<2" in script and '"paho-mqtt>=1.6,<2"' in read("pyproject.toml")
     assert re.search(r"^ort = ", read("pyproject.toml"), re.M)
     assert re.search(r"^gst = ", read("pyproject.toml"), re.M)
     # Every GStreamer package the CI machines get, the Nano gets too.

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import data_path, require_detectors
+from conftest import ROOT, data_path, require_detectors
 from edge.app import config as cfg
 from edge.app import pipeline as pl
 from edge.app.assemble import VideoRun
@@ -130,6 +130,8 @@ def test_health_page_and_stream_on_one_server(service):
     # Nothing from elsewhere: the device is offline (no http(s):// or protocol-relative URL).
     assert not re.search(rb"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert b"stream.mjpg" in page and b"api/state" in page
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:  # installed with the package
+        assert '"ops/page.html"' in f.read()
     response = urllib.request.urlopen(run.url + "/stream.mjpg", timeout=20)
     try:
         assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
@@ -234,7 +236,6 @@ def test_the_page_in_headless_chromium_shows_the_stream_and_counts_that_change(s
     counts change by themselves. The screenshot is kept in out/test-artefacts/ (git-ignored)."""
     import shutil
 
-    from conftest import ROOT
     from webdriver import Browser
     run = service(0, **{"source.loop": True, "health.token": "s3cret", "web.stream_fps": 5,
                         "people.window": 3600})
