@@ -205,13 +205,15 @@ def build_ops(config, web=None, timer=None):
         from edge.ops import metrics
         from edge.ops.web import json_route, page_route, send
 
+        feed = MjpegFeed("page:/stream.mjpg", config["output"]["quality"], wb["stream_fps"]) \
+            if wb["page"] else None
+
         def serve_metrics(handler, query):
-            text = metrics.render(hub.snapshot(full=False), timer.histograms() if timer else None)
+            text = metrics.render(hub.snapshot(full=False), timer.histograms() if timer else None, feed)
             send(handler, 200, text, metrics.CONTENT_TYPE)
         web.route("/metrics", serve_metrics)
         web.route("/api/state", json_route(hub.snapshot))
-        if wb["page"]:
-            feed = MjpegFeed("page:/stream.mjpg", config["output"]["quality"], wb["stream_fps"])
+        if feed is not None:
             web.route("/", page_route())
             web.route("/stream.mjpg", lambda handler, query: feed.serve(handler))
             sinks.append(feed)

@@ -41,8 +41,9 @@ class _Text(object):
         self.lines.append("%s %s" % (name, _number(value)))
 
 
-def render(state, histograms=None):
-    """The exposition text of a hub ``snapshot(full=False)`` and ``StageTimer.histograms()``."""
+def render(state, histograms=None, stream=None):
+    """The exposition text of a hub ``snapshot(full=False)``, ``StageTimer.histograms()`` and
+    the page's stream (``MjpegFeed``) or None."""
     out = _Text()
     faces, people = state["faces"], state["people"]
     out.family("maskgate_frames_total", "counter", "Frames processed (bad ones included).",
@@ -91,6 +92,12 @@ def render(state, histograms=None):
     clips = state.get("clips")
     if clips is not None:
         out.family("maskgate_clips_total", "counter", "Clips recorded.", [(None, clips["recorded"])])
+    if stream is not None:
+        out.family("maskgate_stream_clients", "gauge", "Viewers of the live stream now.",
+                   [(None, stream.clients)])
+        out.family("maskgate_stream_frames_total", "counter",
+                   "Frames of the live stream JPEG-encoded (once for all viewers).",
+                   [(None, stream.encoded)])
     if histograms:
         name = "maskgate_stage_latency_seconds"
         out.family(name, "histogram", "Latency of each stage of the loop, per call.", [])

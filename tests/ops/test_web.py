@@ -156,8 +156,11 @@ def test_the_stream_encodes_only_while_watched_at_its_own_rate(service):
         for _ in range(6):
             read_part(response)
         elapsed = time.monotonic() - started
+        watched = families(get(run.url + "/metrics")[2].decode("utf-8"))
     finally:
         response.close()
+    assert samples(watched["maskgate_stream_clients"]) == [({}, 1.0)]
+    assert samples(watched["maskgate_stream_frames"])[0][1] >= 6
     # 6 frames at 5 fps, not at the loop's rate; each encoded once.
     assert elapsed >= 0.8 and 6 <= feed.encoded <= 8
 
