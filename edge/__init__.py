@@ -3,10 +3,12 @@
 Everything under edge/ runs on JetPack 4.6 (Python 3.6) and imports only numpy, OpenCV,
 PyYAML, PyGObject and, lazily, its inference runtime. It never imports train/ or export/.
 
-Four rooms, each importing only the ones below it:
+Five rooms, each importing only the ones below it:
 
 - ``app/``: the appliance: configuration, the one assembly of a run, the loop, the service,
   still photos, events, overlay, health, systemd notify, detector provisioning;
+- ``ops/``: the operator's side: people counted, alerts, MQTT, the one HTTP server
+  (/metrics, the live page), clips;
 - ``measure/``: accuracy (``python -m edge.evaluate``) and speed (``edge-bench``);
 - ``infer/``: one frame in, faces out: detectors, classifiers (onnxruntime, TensorRT and its
   engines), preprocessing, the tracker; no configuration, no GStreamer;
