@@ -61,8 +61,11 @@ class OpsHub(object):
                 self.faces_total[label] = self.faces_total.get(label, 0) + n
             self.in_view = view
             self.last_frame_time = now
-            for person in self.people.observe(tracks, now, frame):
-                self._person(person, now)
+            settled = self.people.observe(tracks, now, frame)
+            if settled:  # a crowd settles at once after a cut: one summary for all of them
+                window = self.people.summary()["window"]
+                for person in settled:
+                    self._person(person, now, window)
 
     def tick(self, source_state, fps=None, frames=None, errors=None):
         """A turn of the loop: the source's state and the pipeline's counters."""
@@ -93,8 +96,7 @@ class OpsHub(object):
             self.statuses += 1
             self._next_status = now + self.status_every
 
-    def _person(self, person, now):
-        window = self.people.summary()["window"]
+    def _person(self, person, now, window):
         if self.mqtt is not None:
             self.mqtt.publish("person", person.to_dict())
         if self.clips is not None and not person.compliant:
@@ -135,8 +137,10 @@ class OpsHub(object):
         self._closed = True
         now = self.clock()
         with self.lock:
-            for person in self.people.finish(now):
-                self._person(person, now)
+            settled = self.people.finish(now)
+            window = self.people.summary(now)["window"]
+            for person in settled:
+                self._person(person, now, window)
             self._periodic(now, final=True)
             run = self.people.summary(now)["run"]
         log.info("people counted: %d (%s), compliance %s; %d short tracks not counted",

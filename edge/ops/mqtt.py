@@ -138,8 +138,9 @@ class MqttPublisher(object):
                 self._queue.popleft()
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning("MQTT broker %s away: buffer of %d full, %d oldest message(s) "
-                                "dropped so far", self.url, self.buffer, self.dropped)
+                    log.warning("MQTT buffer of %d full (broker %s away or slower than the "
+                                "messages): %d oldest message(s) dropped so far", self.buffer,
+                                self.url, self.dropped)
             self._queue.append((self.topic(sub), payload, retain))
             self._cond.notify()
 
