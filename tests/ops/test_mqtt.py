@@ -84,7 +84,6 @@ def test_the_service_sends_status_people_and_alerts_that_parse_with_their_keys(b
     # With the hold-off, alerts gather people: every non-compliant person is in exactly one.
     alerted = [t for a in alerts for t in a["tracks"]]
     assert sorted(alerted) == sorted(p["track"] for p in persons if not p["compliant"])
-    assert len(alerts) < len(alerted) or len(alerted) == 1
 
 
 def publish_timed(publisher, seqs, pause=0.002):
