@@ -18,6 +18,11 @@ Reported per configuration: the median over the repeats of frames per second and
 service's CPU milliseconds per frame (its own process, all threads: HTTP, JPEG, MQTT), and
 both as a ratio to plain. On a 2-core machine Chromium itself competes for the CPU in the
 watched runs: the CPU per frame says what the service paid, the FPS what the machine did.
+
+``--direct`` measures the parts one by one in this process instead (what a shared machine's
+noise hides in whole runs): the loop's own share per frame (people, alerts, MQTT queueing:
+the ``ops`` stage), one /metrics scrape, one /api/state answer, drawing and JPEG-encoding
+one frame of the live view, one MQTT ``publish()`` call.
 """
 import argparse
 import json
@@ -108,6 +113,84 @@ def one_run(name, args, broker, workdir):
             "client": seen}
 
 
+def timed(func, repeat):
+    """Median seconds of ``func()`` over ``repeat`` calls (process CPU time, not wall)."""
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        func()
+        times.append(time.process_time() - start)
+    return median(times)
+
+
+def direct(args):
+    """The parts one by one on the demo video (see the module docstring); a dict of ms."""
+    import cv2
+
+    from edge.app import config as cfg
+    from edge.app import overlay
+    from edge.app import pipeline as pl
+    from edge.app.assemble import build_analyzer, build_ops, build_pipeline
+    from edge.infer.faces import count_labels
+    from edge.io.sources import open_source
+    from edge.ops import metrics
+    workdir = tempfile.mkdtemp(prefix="ops_direct_")
+    broker = Broker(workdir).start()
+    config = cfg.load(overrides={"classifier.backend": "ort", "events.mqtt": broker.url("direct")})
+    analyzer = build_analyzer(config)
+    hub, _ = build_ops(config)
+    # The loop's share in thread CPU time: a loaded machine's preemption inflates wall clocks.
+    cpu = {"on_frame": [], "tick": []}
+
+    def measured(name, method):
+        def call(*a, **k):
+            start = time.thread_time()
+            method(*a, **k)
+            cpu[name].append(time.thread_time() - start)
+        return call
+    hub.on_frame, hub.tick = measured("on_frame", hub.on_frame), measured("tick", hub.tick)
+    pipeline = build_pipeline(config, analyzer, ops=hub)
+    source = open_source(args.input)
+    frames = []
+    try:
+        pl.run(pipeline, source, max_frames=400, progress=lambda n, s: None)
+        source = open_source(args.input)
+        frames = [source.read(timeout=5.0) for _ in range(3)]
+    finally:
+        source.close()
+    per_frame = [a + b for a, b in zip(cpu["on_frame"], cpu["tick"])]
+    snapshot = lambda: json.dumps(hub.snapshot())  # noqa: E731
+    scrape = lambda: metrics.render(hub.snapshot(full=False), analyzer.timer.histograms())  # noqa: E731
+    image = frames[-1].image
+    faces = analyzer.analyze(image)
+    counts = count_labels(faces)
+    draw = lambda: overlay.draw(image.copy(), faces, 30.0, counts)  # noqa: E731
+    copy = lambda: image.copy()  # noqa: E731
+    shown = draw()
+    encode = lambda: cv2.imencode(".jpg", shown, [cv2.IMWRITE_JPEG_QUALITY, config["output"]["quality"]])  # noqa: E731
+    publish = lambda: [hub.mqtt.publish("bench", {"seq": i, "label": "mask"}) for i in range(1000)]  # noqa: E731
+    import logging
+    logging.getLogger("edge.ops.mqtt").setLevel(logging.ERROR)  # the flood below fills the buffer
+    result = {
+        "frames": pipeline.frames, "people": sum(hub.people.totals.values()),
+        "mqtt_sent": hub.mqtt.stats()["sent"],
+        "loop_us_per_frame_mean": round(1e6 * sum(per_frame) / len(per_frame), 1),
+        "loop_us_per_frame_p99": round(1e6 * sorted(per_frame)[int(0.99 * len(per_frame))], 1),
+        "metrics_scrape_ms": round(1000 * timed(scrape, 200), 3),
+        "metrics_bytes": len(scrape()),
+        "state_json_ms": round(1000 * timed(snapshot, 200), 3),
+        "state_bytes": len(snapshot()),
+        "draw_ms_per_frame": round(1000 * (timed(draw, 50) - timed(copy, 50)), 3),
+        "jpeg_ms_per_frame": round(1000 * timed(encode, 50), 3),
+        "jpeg_bytes": len(encode()[1]),
+        "mqtt_publish_us": round(1e6 * timed(publish, 5) / 1000, 2),
+    }
+    hub.close()
+    analyzer.classifier.close()
+    broker.kill()
+    return result
+
+
 def median(values):
     values = sorted(values)
     mid = len(values) // 2
@@ -123,7 +206,13 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (default 3)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "ops_cost.json"))
+    parser.add_argument("--direct", action="store_true",
+                        help="measure the parts one by one in this process instead")
     args = parser.parse_args(argv)
+    if args.direct:
+        sys.path.insert(0, ROOT)
+        print(json.dumps(direct(args), indent=1))
+        return 0
     configs = [c for c in args.configs.split(",") if c]
     workdir = tempfile.mkdtemp(prefix="ops_cost_")
     broker = Broker(workdir).start()
