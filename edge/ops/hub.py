@@ -94,7 +94,7 @@ class OpsHub(object):
         if self.mqtt is not None and (now >= self._next_status or final):
             self.mqtt.publish("status", self._status(now, summary))
             self.statuses += 1
-            self._next_status = now + self.status_every
+            self._next_status = max(self._next_status + self.status_every, now)  # a steady pace
 
     def _person(self, person, now, window):
         if self.mqtt is not None:
