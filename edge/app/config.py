@@ -239,12 +239,21 @@ def get(config, key):
     return node
 
 
+class _InOrderDumper(yaml.SafeDumper):
+    """A SafeDumper that keeps mappings in their own order, in PyYAML 3.12 and 6 alike.
+
+    PyYAML < 5.1 (JetPack 4.6's python3-yaml is 3.12) sorts every mapping and has no
+    ``sort_keys``; a mapping handed over as a list of pairs is never sorted.
+    """
+
+
+_InOrderDumper.add_representer(
+    dict, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", list(data.items())))
+
+
 def dump(config):
-    """The config as YAML text (for --print-config)."""
-    try:
-        return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
-    except TypeError:  # PyYAML < 5.1 (JetPack 4.6's python3-yaml) has no sort_keys
-        return yaml.safe_dump(config, default_flow_style=False)
+    """The config as YAML text (for --print-config), in the order of the defaults file."""
+    return yaml.dump(config, Dumper=_InOrderDumper, default_flow_style=False)
 
 
 def _parse_value(setting):

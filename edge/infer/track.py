@@ -33,7 +33,7 @@ def greedy_match(ious, threshold):
     if ious.size == 0:
         return pairs
     rows, cols = np.nonzero(ious >= threshold)
-    order = np.argsort(-ious[rows, cols], kind="stable")
+    order = np.argsort(-ious[rows, cols], kind="mergesort")  # stable; kind="stable" needs numpy 1.15
     used_rows, used_cols = set(), set()
     for k in order:
         r, c = int(rows[k]), int(cols[k])

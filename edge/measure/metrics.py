@@ -44,7 +44,8 @@ def greedy_match(gt_boxes, det_boxes, det_scores, threshold):
     if not n_gt or not n_det:
         return gt_to_det, det_to_gt
     ious = iou_matrix(det_boxes, gt_boxes)
-    for d in np.argsort(-np.asarray(det_scores, np.float64), kind="stable"):
+    # mergesort: stable (ties keep input order) in numpy 1.13 too; kind="stable" needs 1.15.
+    for d in np.argsort(-np.asarray(det_scores, np.float64), kind="mergesort"):
         row = np.where(gt_to_det < 0, ious[d], -1.0)
         g = int(np.argmax(row))
         if row[g] >= threshold:
@@ -56,7 +57,7 @@ def average_precision(scores, true_positive, n_positive):
     """VOC all-point interpolated AP of ranked detections; None when there is no positive."""
     if n_positive <= 0:
         return None
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")  # stable, as above
     tp = np.asarray(true_positive, np.float64)[order]
     if not len(tp):
         return 0.0
