@@ -43,11 +43,12 @@ def build_analyzer(config, timer=None):
                         timer=timer)
 
 
-def build_pipeline(config, analyzer, sinks=(), events=None, health=None, saver=None):
-    """A Pipeline with the tracker, intervals and overlay settings of ``config``."""
+def build_pipeline(config, analyzer, sinks=(), events=None, health=None, saver=None, next_id=None):
+    """A Pipeline with the tracker, intervals and overlay settings of ``config``; track ids
+    from ``next_id`` (default 1, 2, ...)."""
     trk = config["tracker"]
     tracker = Tracker(iou=trk["iou"], max_missed=trk["max_missed"], min_hits=trk["min_hits"],
-                      vote=trk["vote"])
+                      vote=trk["vote"], next_id=next_id)
     return Pipeline(analyzer, tracker, detect_every=config["detector"]["every"],
                     classify_every=config["classifier"]["every"], baseline=config["baseline"],
                     draw=config["overlay"]["enabled"], blur=config["overlay"]["blur_faces"],
@@ -110,9 +111,11 @@ class VideoRun(object):
             self.sinks = open_sinks(output_uris(config) if outputs is None else list(outputs), self.fps,
                                     bitrate=out["bitrate"], quality=out["quality"], token=out["token"])
             ev = config["events"]
-            self.events = EventWriter(ev["path"], ev["flush_every"]) if ev["path"] else None
+            self.events = EventWriter(ev["path"], ev["flush_every"], max_bytes=int(ev["rotate_mb"] * (1 << 20)),
+                                      keep=ev["keep"], compress=ev["compress"]) if ev["path"] else None
             saver = FaceSaver(ev["faces_dir"]) if ev["save_faces"] else None
-            self.pipeline = build_pipeline(config, self.analyzer, self.sinks, self.events, self.health, saver)
+            self.pipeline = build_pipeline(config, self.analyzer, self.sinks, self.events, self.health, saver,
+                                           next_id=self.events.track_ids if self.events else None)
         except BaseException:
             self.close()
             raise

@@ -37,7 +37,8 @@ class Pipeline(object):
         self.analyzer, self.baseline = analyzer, baseline
         self.timer = analyzer.timer
         if baseline:
-            detect_every, classify_every, tracker = 1, 1, Tracker(vote=1)
+            detect_every, classify_every = 1, 1
+            tracker = Tracker(vote=1, next_id=tracker.next_id if tracker is not None else None)
         self.tracker = tracker if tracker is not None else Tracker()
         self.detect_every, self.classify_every = int(detect_every), int(classify_every)
         self.draw, self.blur, self.scene_cut = draw, blur, float(scene_cut)

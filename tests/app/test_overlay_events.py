@@ -83,7 +83,7 @@ def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
     lines = [json.loads(line) for line in io.open(path, encoding="utf-8")]
     assert [line["frame"] for line in lines] == [0, 1, 2]
     for line in lines:
-        assert {"time", "frame", "faces", "counts"} <= set(line)
+        assert {"time", "run", "frame", "faces", "counts"} <= set(line)
         stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         assert abs((datetime.datetime.utcnow() - stamp).total_seconds()) < 60
         assert set(line["counts"]) == {"mask", "no_mask", "incorrect"}
