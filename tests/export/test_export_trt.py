@@ -393,4 +393,15 @@ def test_engine_failing_its_check_is_removed(tiny, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     with pytest.raises(engines.BuildError, match="disagrees with onnxruntime .* removed"):
         engines.ensure_engine(tiny, cache, max_batch=8, verify_images=verification_images(limit=20))
-    assert os.listdir(cache) == []  # neither the engine nor its sidecar is kept
+    # Neither the engine nor its sidecar is kept; the failure is remembered (and the build lock).
+    names = sorted(os.listdir(cache))
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["failed", "lock"], names
+    with open(os.path.join(cache, names[0])) as f:
+        assert "disagrees with onnxruntime" in json.load(f)["error"]
+    # The next start does not spend minutes on the same failure; deleting the record retries.
+    monkeypatch.setattr(engines, "build_verified", lambda *a, **k: pytest.fail("built again"))
+    with pytest.raises(engines.BuildError, match="failed before .* delete .*failed to retry"):
+        engines.ensure_engine(tiny, cache, max_batch=8, verify_images=verification_images(limit=20))
+    os.remove(os.path.join(cache, names[0]))
+    with pytest.raises(BaseException, match="built again"):
+        engines.ensure_engine(tiny, cache, max_batch=8, verify_images=verification_images(limit=20))
