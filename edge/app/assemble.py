@@ -109,7 +109,9 @@ class VideoRun(object):
             self.fps = out["fps"] or (None if self.source.is_live else fps_from(self.first)) \
                 or config["source"]["fps"] or FALLBACK_FPS
             self.sinks = open_sinks(output_uris(config) if outputs is None else list(outputs), self.fps,
-                                    bitrate=out["bitrate"], quality=out["quality"], token=out["token"])
+                                    bitrate=out["bitrate"], quality=out["quality"],
+                                    http_token=out["http_token"], rtsp_user=out["rtsp_user"],
+                                    rtsp_password=out["rtsp_password"])
             ev = config["events"]
             self.events = EventWriter(ev["path"], ev["flush_every"], max_bytes=int(ev["rotate_mb"] * (1 << 20)),
                                       keep=ev["keep"], compress=ev["compress"]) if ev["path"] else None

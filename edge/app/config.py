@@ -92,7 +92,10 @@ SCHEMA = [
       nullable=True),
     S("output.bitrate", "int", "--bitrate", "H.264 bit rate (kbit/s)", minimum=100),
     S("output.quality", "int", "--quality", "MJPEG quality", minimum=1, maximum=100),
-    S("output.token", "str", "--output-token", "HTTP output token", nullable=True),
+    S("output.http_token", "str", "--http-token", "token of http:// (MJPEG) outputs", nullable=True),
+    S("output.rtsp_user", "str", "--rtsp-user", "login name of rtsp:// outputs"),
+    S("output.rtsp_password", "str", "--rtsp-password", "password of rtsp:// outputs",
+      nullable=True),
     S("source.width", "int", "--width", "camera width", minimum=1, nullable=True),
     S("source.height", "int", "--height", "camera height", minimum=1, nullable=True),
     S("source.fps", "float", "--fps", "camera frame rate", minimum=0.1, nullable=True),
@@ -151,6 +154,14 @@ SCHEMA = [
 del S
 BY_KEY = dict((s.key, s) for s in SCHEMA)
 
+# Settings that were renamed or split: an old config gets this message, not "unknown".
+RETIRED = {
+    "output.token": "output.token had two roles and is now two settings: output.http_token "
+                    "(the token of http:// MJPEG outputs) and output.rtsp_password (the password "
+                    "of rtsp:// outputs, user output.rtsp_user, default viewer); set the one(s) you "
+                    "mean (flags: --http-token, --rtsp-password)",
+}
+
 
 def read_yaml(path):
     """Read a YAML mapping from ``path``; a clear ConfigError when it is missing or invalid."""
@@ -179,6 +190,8 @@ def flatten(tree, source, prefix=""):
             flat.update(flatten(value, source, dotted + "."))
         elif dotted in BY_KEY:
             flat[dotted] = value
+        elif dotted in RETIRED:
+            raise ConfigError("%s: %s" % (source, RETIRED[dotted]))
         elif section:
             raise ConfigError("%s: %r is a section and needs a mapping of: %s"
                               % (source, dotted, ", ".join(k[len(dotted) + 1:] for k in section)))
@@ -304,10 +317,14 @@ def add_arguments(parser, sections=None, exclude=()):
             group.add_argument(setting.flag, dest=dest, type=_parse_value(setting),
                                default=argparse.SUPPRESS,
                                metavar=setting.flag[2:].upper().replace("-", "_"), help=text)
+    if "output.http_token" not in exclude and (not sections or "output" in sections):
+        # Retired flags parse, so that their use gets RETIRED's message instead of argparse's.
+        parser.add_argument("--output-token", dest="output__token", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
 
 
 def overrides_from_args(args):
     """{dotted key: value} of the setting flags given on the command line."""
     given = vars(args)
-    return dict((s.key, given[s.key.replace(".", "__")]) for s in SCHEMA
-                if s.flag is not None and s.key.replace(".", "__") in given)
+    keys = [s.key for s in SCHEMA if s.flag is not None] + list(RETIRED)
+    return dict((key, given[key.replace(".", "__")]) for key in keys if key.replace(".", "__") in given)
