@@ -55,6 +55,15 @@ class Pipeline(object):
         self._last_error_log = None
         self._errors_unlogged = 0
 
+    def adopt(self, previous, same_scene=True):
+        """Carry on from ``previous`` (the pipeline this one replaces on a reload): its
+        counters and frame rate, and with ``same_scene`` (same input) its detector timing."""
+        for name in ("frames", "errors", "faces_seen", "cuts", "fps", "frame_size", "_last_time",
+                     "_frame_time"):
+            setattr(self, name, getattr(previous, name))
+        if same_scene:
+            self._since_detect, self._thumb = previous._since_detect, previous._thumb
+
     def process(self, image, index=None, pts=None):
         """Analyze one BGR frame, update tracks, draw and write it; returns its faces."""
         n = self.frames

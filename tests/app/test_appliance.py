@@ -275,6 +275,7 @@ def test_unit_is_a_notify_service_with_watchdog_and_sandbox():
     assert int(s["StartLimitBurst"][0]) >= 3 and s["RestartPreventExitStatus"] == ["2"]
     assert {"char-video4linux rw", "char-nvhost-* rw", "/dev/nvmap rw"} <= set(s["DeviceAllow"])
     assert s["ExecStart"] == [PREFIX + "/.venv/bin/python -m edge --config /etc/maskgate/config.yaml"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the service reloads, never dies of it
 
 
 def test_install_layout_is_the_same_everywhere():
