@@ -218,9 +218,8 @@ def ensure_engine(onnx_path, cache_dir, max_batch=DEFAULT_MAX_BATCH, precision="
                 log("engine cache: %s; rebuilding" % exc)
         failed = _read_failure(path)
         if failed is not None:
-            raise BuildError("building %s failed before (%s, %s); not trying again: delete %s to retry"
-                             % (os.path.basename(path), failed.get("error"), failed.get("time"),
-                                failure_path(path)))
+            raise BuildError("this engine failed before (%s: %s); not trying again: delete %s to retry"
+                             % (failed.get("time"), failed.get("error"), failure_path(path)))
         log("engine cache: building %s (once per model and device; minutes on a Nano)" % os.path.basename(path))
         try:
             build_verified(onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,

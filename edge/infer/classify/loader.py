@@ -72,7 +72,7 @@ def load_classifier(model_path, backend="auto", max_batch=None, engine_cache=Non
 
 def _one_line(exc):
     text = " ".join(str(exc).split())
-    return text if len(text) <= 400 else text[:400] + "..."
+    return text if len(text) <= 800 else text[:800] + "..."
 
 
 def _load_ort(model_path, max_batch, is_engine):
