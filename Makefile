@@ -14,7 +14,7 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install install-edge system-deps weights models train demo evaluate bench test lint soak clean
+.PHONY: help install install-edge system-deps weights models train demo evaluate bench test lint soak nano-check clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
@@ -25,6 +25,7 @@ help:
 	@echo "make evaluate end-to-end accuracy on the kaggle853 test scenes"
 	@echo "make bench    edge-bench on the demo video, with the one-at-a-time baseline"
 	@echo "make soak     20-minute soak: memory and descriptors of the running service"
+	@echo "make nano-check  on a Jetson Nano: versions, Jetson elements, camera, engine, tests, bench -> one report"
 
 # GStreamer and the headers PyGObject builds against (Debian/Ubuntu; skipped when present).
 system-deps:
@@ -72,7 +73,7 @@ test: install weights models lint
 	$(PY) -m pytest -q
 
 # What runs on the Nano (edge/, the torch-free part of export/) must parse as Python 3.6.
-NANO_CODE := edge scripts/soak.py export/__init__.py export/trt.py export/samples.py
+NANO_CODE := edge scripts/soak.py scripts/nanocheck.py export/__init__.py export/trt.py export/samples.py
 lint: install
 	$(VENV)/bin/vermin -q --no-tips -t=3.6- --violations $(NANO_CODE)
 	shellcheck scripts/*.sh
@@ -81,6 +82,11 @@ lint: install
 MINUTES ?= 20
 soak: install-edge models
 	$(PY) scripts/soak.py --minutes $(MINUTES)
+
+# On the Nano, from the checkout, with the installed service's Python (no `make install`):
+# one report (out/nano-check/nano-check.json and .md) for the owner to send back.
+nano-check:
+	./scripts/nano-check.sh --out $(OUT)/nano-check
 
 clean:
 	rm -rf $(VENV) $(OUT) runs .pytest_cache

@@ -22,9 +22,6 @@ from test_faults import Service, count_frames, model  # noqa: F401 (model: the f
 
 pytestmark = pytest.mark.slow
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def video():
     return data_path("videos", "kaggle853_test_scenes.mp4")
 
@@ -174,27 +171,11 @@ def test_rotation_under_load_loses_no_line(model, tmp_path):
     assert service.log().count("events file rotated to") == len(rotated)
 
 
-def fake_runtime(folder, fail=None, pycuda=True):
-    """A folder for PYTHONPATH holding importable stand-ins of tensorrt (and pycuda)."""
-    os.makedirs(str(folder))
-    setup = "import sys\nsys.path.insert(0, %r)\nimport helpers\n" % TESTS
-    with open(str(folder / "tensorrt.py"), "w") as f:
-        f.write(setup + "trt = helpers.fake_tensorrt(8)\n")
-        if fail == "build":
-            f.write("trt.Builder.build_serialized_network = lambda self, network, config: None\n")
-        f.write("sys.modules['tensorrt'] = trt\n")
-    if pycuda:
-        os.makedirs(str(folder / "pycuda"))
-        open(str(folder / "pycuda" / "__init__.py"), "w").close()
-        with open(str(folder / "pycuda" / "driver.py"), "w") as f:
-            f.write(setup + "sys.modules['pycuda.driver'] = helpers.FakeCuda\n")
-    return {"PYTHONPATH": str(folder)}
-
-
 @pytest.mark.parametrize("fault, reason", [("build", "TensorRT failed to build"),
                                            ("pycuda", "pycuda is not installed")])
 def test_tensorrt_that_cannot_be_used_falls_back_to_onnxruntime_and_health_says_so(
         model, tmp_path, fault, reason):
+    from helpers import fake_runtime
     env = fake_runtime(tmp_path / "fakes", fail=fault, pycuda=fault != "pycuda")
     cache = str(tmp_path / "engines")
     args = [video(), "none", "--loop", "--model", model, "--backend", "auto", "--engine-cache",
