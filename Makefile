@@ -14,7 +14,7 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install install-edge system-deps weights models train demo evaluate bench test lint soak nano-check clean
+.PHONY: help install install-edge system-deps weights models train demo evaluate bench test lint floor-test soak nano-check clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
@@ -25,6 +25,7 @@ help:
 	@echo "make evaluate end-to-end accuracy on the kaggle853 test scenes"
 	@echo "make bench    edge-bench on the demo video, with the one-at-a-time baseline"
 	@echo "make soak     20-minute soak: memory and descriptors of the running service"
+	@echo "make floor-test  the device tests on the oldest numpy/OpenCV/PyYAML pip installs here"
 	@echo "make nano-check  on a Jetson Nano: versions, Jetson elements, camera, engine, tests, bench -> one report"
 
 # GStreamer and the headers PyGObject builds against (Debian/Ubuntu; skipped when present).
@@ -78,6 +79,11 @@ lint: install
 	$(VENV)/bin/vermin -q --no-tips -t=3.6- --violations $(NANO_CODE)
 	shellcheck scripts/*.sh
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.jetson
+
+# The device tests on the oldest numpy/OpenCV/PyYAML/onnxruntime pip installs for this Python
+# (a venv in .cache/floor-venv; PyGObject taken from .venv). See the script for what and why.
+floor-test: install
+	GI_PYTHON=$(abspath $(PY)) ./scripts/floor-test.sh
 
 MINUTES ?= 20
 soak: install-edge models

@@ -307,7 +307,7 @@ def tiny_onnx(path, meta):
     """A real (untrained) classifier graph with maskgate metadata: pool -> linear -> softmax."""
     import json
 
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="building a test model needs the onnx package (workstation)")
     from onnx import TensorProto, helper, numpy_helper
     h, w = meta["input_size"]
     n = len(meta["classes"])
@@ -333,7 +333,7 @@ def tiny_classifier_onnx(path, size=32):
     Its weights are random (fixed seed): the pipeline tests check the plumbing, the
     shipped model's accuracy is measured by ``edge.evaluate``.
     """
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="building a test model needs the onnx package (workstation)")
     from onnx import TensorProto, helper, numpy_helper
 
     from edge.infer.model_meta import make_metadata, to_string_props

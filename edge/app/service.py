@@ -29,8 +29,10 @@ log = logging.getLogger("edge")
 EPILOG = """inputs: csi://0, v4l2:///dev/video0 (or /dev/video0), video.mp4 or file://...,
   rtsp://[user:pass@]host/stream, image.jpg, a folder of images, test://
 outputs: display://0, out.mp4 (.mkv .avi), rtsp://@:8554/out (this machine only;
-  rtsp://USER:PASS@0.0.0.0:8554/out to watch from others), http://@:8090/ (MJPEG), none
+  rtsp://USER:PASS@0.0.0.0:8554/out, or --rtsp-password, to watch from others),
+  http://@:8090/ (MJPEG; beyond localhost with ?token= or --http-token), none
 Every setting can also be set in a YAML file (--config); see edge/app/default_config.yaml.
+SIGHUP reads the --config file again and applies it (an invalid one is logged and ignored).
 """
 
 
