@@ -238,7 +238,7 @@ class VideoRun(object):
             if _differs(old, config, "events"):
                 changed.append("events")
             same_file = self.events is not None and self.events.path == config["events"]["path"]
-            if self.events is None or _differs(old, config, "events"):
+            if _differs(old, config, "events"):
                 new["events"] = open_events(config, self.run_id,
                                             track_ids=self.track_ids if same_file else None,
                                             at_least=self.track_ids.next)
@@ -359,6 +359,8 @@ class VideoRun(object):
         # Tracks go on (their ids and votes) unless the picture, the models or the tracker changed.
         tracker = old_pipeline.tracker if same_scene and not models_changed and not _differs(
             old_config, config, "tracker", "baseline") else None
+        if tracker is not None:
+            tracker.next_id = self.track_ids  # a new events file's ids: never below those handed out
         self.pipeline = build_pipeline(config, self.analyzer, self.sinks, self.events, self.health, saver,
                                        tracker=tracker, next_id=self.track_ids)
         self.pipeline.adopt(old_pipeline, same_scene)

@@ -153,6 +153,35 @@ def test_input_health_and_events_path_changes(model_path, tmp_path):
     assert json.load(open(str(tmp_path / "e2.state.json")))["next_track"] >= last_id + 1
 
 
+@pytest.mark.parametrize("first_events", [True, False])
+def test_track_ids_stay_unique_across_reloads_that_move_or_drop_the_events_file(model_path, tmp_path,
+                                                                                first_events):
+    """A kept tracker takes its ids from the new file's allocator; a new tracker starts above every
+    id handed out before, whichever file (or none) the events went to."""
+    ev1, ev2 = str(tmp_path / "e1.jsonl"), str(tmp_path / "e2.jsonl")
+    seen = []
+    with VideoRun(make_config(model_path, **{"events.path": ev1 if first_events else None})) as video:
+        def frames(count, skip_to=0):
+            done = 0
+            while done < count:
+                frame = video.source.read(timeout=5.0)
+                if frame is not None and frame.index >= skip_to:  # the clip's scenes with faces
+                    faces = video.pipeline.process(frame.image, frame.index)
+                    seen.append(set(f.track for f in faces))
+                    done += 1
+        frames(10)
+        video.reload(make_config(model_path, **{"events.path": ev2}))  # the tracker is kept
+        assert video.pipeline.tracker.next_id is video.track_ids
+        frames(10)
+        before = set().union(*seen)
+        video.reload(make_config(model_path, **{"events.path": ev2, "tracker.vote": 2}))  # a new tracker
+        del seen[:]
+        frames(9, skip_to=51)
+        after = set().union(*seen)
+    assert before and after and not (before & after), (before, after)
+    assert min(after) > max(before)
+
+
 def test_sighup_is_a_flag_taken_between_frames():
     stopper = Stopper(reload=True).install()
     try:
