@@ -255,12 +255,20 @@ class EventWriter(object):
         if not self._owned or self._stream is None:
             return None
         self._stream.flush()
-        os.fsync(self._stream.fileno())  # once per rotation: the rotated file is complete on disk
         self._stream.close()
-        existing = rotated_files(self.path)
-        stem, ext = os.path.splitext(self.path)
-        target = "%s.%06d%s" % (stem, (existing[-1][0] + 1) if existing else 1, ext)
-        os.rename(self.path, target)
+        try:
+            with open(self.path, "rb") as f:
+                os.fsync(f.fileno())  # once per rotation: the rotated file is complete on disk
+            existing = rotated_files(self.path)
+            stem, ext = os.path.splitext(self.path)
+            target = "%s.%06d%s" % (stem, (existing[-1][0] + 1) if existing else 1, ext)
+            os.rename(self.path, target)
+        except OSError as exc:  # the lines stay where they are; no retry on every line
+            log.error("cannot rotate events file %s (%s): it grows on; rotation is off until the "
+                      "service restarts", self.path, exc)
+            self.max_bytes = 0
+            self._open()
+            return None
         self.rotations += 1
         self._open()
         log.info("events file rotated to %s", target)

@@ -181,3 +181,17 @@ def test_reopen_follows_an_outside_rename(tmp_path):
     writer.close()
     assert [json.loads(l)["frame"] for l in open(path + ".old")] == [0, 1]
     assert [json.loads(l)["frame"] for l in open(path)] == [2]
+
+
+def test_a_rotation_that_fails_keeps_every_line_and_stops_rotating(tmp_path, monkeypatch, caplog):
+    path = str(tmp_path / "events.jsonl")
+    writer = EventWriter(path, max_bytes=500, compress=False)
+
+    def refuse(src, dst):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(ev.os, "rename", refuse)
+    for n in range(20):
+        writer.write(n, [])
+    writer.close()
+    assert [l["frame"] for l in lines_of(path)] == list(range(20)) and writer.rotations == 0
+    assert caplog.text.count("cannot rotate events file") == 1
