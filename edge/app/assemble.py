@@ -203,8 +203,9 @@ class VideoRun(object):
         Only the parts whose settings changed are reopened: the models (detector,
         classifier, baseline), the input (input, source: a camera whose settings did not
         change is kept, with its tracks), the outputs (outputs, headless, output, frame
-        rate) and health; the events file is always reopened (so an outside rotation is
-        picked up) and the loop's settings (tracker, intervals, overlay) always applied.
+        rate), health and the events file (reopened when unchanged, so that an outside
+        rotation is picked up); the loop's settings (tracker, intervals, overlay) are always
+        applied.
         New parts are opened before the old ones are closed; where both cannot be open at
         once (one camera, one port) the old one is closed first and reopened if the new one
         fails. So a config that cannot be applied (a missing model, a port in use) raises
@@ -235,10 +236,9 @@ class VideoRun(object):
                 new["health"] = self._replace_health(config, undo)
             if self.events is not None:
                 self.events.flush()  # whole lines on disk before another writer opens the file
-            if _differs(old, config, "events"):
-                changed.append("events")
             same_file = self.events is not None and self.events.path == config["events"]["path"]
             if _differs(old, config, "events"):
+                changed.append("events")
                 new["events"] = open_events(config, self.run_id,
                                             track_ids=self.track_ids if same_file else None,
                                             at_least=self.track_ids.next)
