@@ -158,3 +158,25 @@ def test_cli_writes_a_dataset_and_counts_skips(tmp_path):
         assert open(tmp_path / "a" / r["file"], "rb").read() == open(tmp_path / "b" / r["file"], "rb").read()
     with pytest.raises(SystemExit):  # an earlier data set is never mixed with a new one
         cli.main(["--data", str(data), "--out", str(tmp_path / "a"), "--models", MODELS])
+
+
+def test_sources_are_train_faces_with_unique_ids(tmp_path):
+    root = data_path("kaggle853")
+    split = {}
+    with open(os.path.join(root, "splits.csv")) as f:
+        split = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    for kind in ("masked", "bare"):
+        faces, used = sources.candidates(os.path.dirname(root), kind, ["kaggle853"])
+        assert used == ["kaggle853"] and len({c.id for c in faces}) == len(faces)
+        assert {split[os.path.basename(c.path)] for c in faces} == {"train"}
+    # file names that one id would share: the extension and the checksum keep them apart
+    folder = tmp_path / "fmd" / "without_mask"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "a.png", "a b.jpg", "a_b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / name)
+    faces = sources.folder_faces(str(tmp_path / "fmd"), "fmd", "no_mask")
+    assert faces and len({c.id for c in faces}) == len(faces)
+    same = [sources.Candidate("fmd-x_a_b.jpg", "fmd", p, None, "fmd-x_a_b.jpg") for p in ("x/a b.jpg", "x/a_b.jpg")]
+    apart = sources.unique_ids(same)
+    assert apart[0].id != apart[1].id and all(c.group == c.id for c in apart)

@@ -25,7 +25,7 @@ from .landmarks import DEFAULT_MODELS, MIN_FACE, LandmarkFinder, Skip
 JPEG_QUALITY = 95  # as the scene sets were converted; every class is written the same way
 MANIFEST_FIELDS = ("file", "label", "placement", "target", "target_source", "target_image",
                    "target_box", "crop_box", "landmarks", "texture", "texture_source",
-                   "texture_flipped", "texture_mirrored", "blur", "group")
+                   "texture_image", "texture_flipped", "texture_mirrored", "blur", "group")
 
 
 def get_args_parser():
@@ -90,7 +90,7 @@ def write_result(out, result, writer, counts):
                          "target_source": c.source, "target_image": c.path,
                          "target_box": _fmt(result.frame_box), "crop_box": _fmt(result.crop_box, 0),
                          "landmarks": _fmt(result.face.landmarks), "texture": wearing.texture.id,
-                         "texture_source": wearing.texture.source,
+                         "texture_source": wearing.texture.source, "texture_image": wearing.texture.image,
                          "texture_flipped": int(wearing.jitter["flip"]),
                          "texture_mirrored": wearing.texture.mirrored, "blur": "%.1f" % wearing.blur,
                          "group": c.group})

@@ -9,6 +9,7 @@ validation or test image. fmd's near-copies (re-encoded, pre-augmented) are kept
 import collections
 import os
 import re
+import zlib
 
 from train import data
 
@@ -32,6 +33,19 @@ def safe(text):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def unique_ids(faces):
+    """``faces`` with every id that occurs more than once (``safe`` can map two file names
+    to one) suffixed with a checksum of its path, so that output names never collide."""
+    counts = collections.Counter(c.id for c in faces)
+    out = []
+    for c in faces:
+        if counts[c.id] > 1:
+            suffix = "-%08x" % zlib.crc32(("%s|%s" % (c.path, c.box)).encode())
+            c = c._replace(id=c.id + suffix, group=c.group + suffix if c.group == c.id else c.group)
+        out.append(c)
+    return out
+
+
 def scene_faces(root, name, label):
     """Train-split faces of class ``label`` in a VOC scene set; ids number the faces of
     a scene in annotation order (all classes counted), so an id names one face for good."""
@@ -43,7 +57,7 @@ def scene_faces(root, name, label):
             stem = os.path.splitext(os.path.basename(s.path))[0]
             face_id = "%s-%s-f%d" % (name, safe(stem), n)
             out.append(Candidate(face_id, name, s.path, s.box, face_id))
-    return out
+    return unique_ids(out)
 
 
 def folder_faces(root, name, label, split_seed=0, min_size=8, hygiene=None):
@@ -61,11 +75,11 @@ def folder_faces(root, name, label, split_seed=0, min_size=8, hygiene=None):
                 hygiene.note("near_copy_used_once", s.path)
             continue
         seen.add(s.group)
-        rel = os.path.relpath(s.path, root)
-        stem = safe(os.path.splitext(rel)[0])
-        group = "%s-%s" % (name, safe(os.path.splitext(os.path.relpath(s.group, root))[0]))
-        out.append(Candidate("%s-%s" % (name, stem), name, s.path, None, group))
-    return out
+        # The extension stays in the id: fmd has 0_0_0.jpg, .jpeg and .png, not all in one split.
+        face_id = "%s-%s" % (name, safe(os.path.relpath(s.path, root)))
+        group = "%s-%s" % (name, safe(os.path.relpath(s.group, root)))
+        out.append(Candidate(face_id, name, s.path, None, group))
+    return unique_ids(out)
 
 
 def candidates(data_root, kind, names=None, split_seed=0, hygiene=None):

@@ -98,7 +98,7 @@ def build_textures(finder, faces, skips, check=None, progress=None):
             face = finder.find(rgb, c.box)
             if check is not None and not check.agrees(rgb, frame_box(c, face, rgb.shape[1], rgb.shape[0]), "mask"):
                 raise Skip("texture_face_looks_bare")
-            textures.append(cut_texture(rgb, face, c.id, source=c.source))
+            textures.append(cut_texture(rgb, face, c.id, source=c.source, image=c.path))
         except Skip as skip:
             skips[skip.reason] += 1
         if progress is not None:

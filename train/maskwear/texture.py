@@ -26,11 +26,12 @@ import numpy as np
 from . import frame
 from .landmarks import Skip, turn
 
-Texture = collections.namedtuple("Texture", "id rgba origin skin eye_dist source mirrored")
+Texture = collections.namedtuple("Texture", "id rgba origin skin eye_dist source mirrored image")
 # rgba: uint8 HxWx4 frame image of the outline's bounding box; origin: its top-left corner
 # in units; skin: median RGB of the face's bare skin (its tone and the scene's light);
 # eye_dist: eye distance in the source photo, px (its resolution); source: where it was cut;
-# mirrored: "left"/"right" when that side was replaced by the other's mirror image, else "".
+# mirrored: "left"/"right" when that side was replaced by the other's mirror image, else "";
+# image: the photo it was cut from.
 
 # Outline bounding box, plus a little room for the feather.
 CUT_X1, CUT_Y1, CUT_X2, CUT_Y2 = 14.0, frame.MASK_TOP - 2, 98.0, 126.0
@@ -103,8 +104,9 @@ def mend_sides(cut, alpha):
     return cut, ""
 
 
-def cut_texture(rgb, face, texture_id, source=""):
-    """The mask texture of ``face`` (a ``landmarks.Face``) in ``rgb``, or raise ``Skip``."""
+def cut_texture(rgb, face, texture_id, source="", image=""):
+    """The mask texture of ``face`` (a ``landmarks.Face``) in ``rgb``, or raise ``Skip``;
+    ``source`` and ``image`` (the data set and photo) are recorded in it."""
     if abs(turn(face.landmarks)) > MAX_TURN:
         raise Skip("texture_turned_face")
     # source pixels -> units (similarity on the landmarks) -> pixels of the cut
@@ -134,7 +136,7 @@ def cut_texture(rgb, face, texture_id, source=""):
         raise Skip("texture_skin_coloured")
     eye_dist = float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
     rgba = np.dstack([cut, np.round(alpha * 255).astype(np.uint8)])
-    return Texture(texture_id, rgba, (CUT_X1, CUT_Y1), skin, eye_dist, source, mirrored)
+    return Texture(texture_id, rgba, (CUT_X1, CUT_Y1), skin, eye_dist, source, mirrored, image)
 
 
 def flipped(texture):
