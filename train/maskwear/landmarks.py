@@ -11,18 +11,16 @@ best matches the expected face is kept. Faces without a confident, large enough 
 plausible detection are refused with a reason (``Skip``), which the caller counts.
 """
 import collections
-import os
 
 import cv2
 import numpy as np
 
-from edge.classify import ort_session
-from edge.detectors.base import model_file
-from edge.detectors.retinaface import MEAN_BGR, ONNX_FILE, VARIANCE_CENTER, anchors_for, decode
 from edge.errors import ModelError
+from edge.infer.detectors.files import default_models_dir, model_file
+from edge.infer.detectors.retinaface import MEAN_BGR, ONNX_FILE, VARIANCE_CENTER, anchors_for, decode
+from edge.infer.runtime import ort_session
 
-DEFAULT_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "models", "detectors")
+DEFAULT_MODELS = default_models_dir()
 # Landmark order of the network: left eye, right eye (image left/right), nose tip, mouth
 # left, mouth right.
 LEFT_EYE, RIGHT_EYE, NOSE, MOUTH_LEFT, MOUTH_RIGHT = range(5)
@@ -117,11 +115,7 @@ class LandmarkFinder:
 
     def __init__(self, models_dir=DEFAULT_MODELS, min_face=MIN_FACE, min_score=MIN_SCORE, threads=1):
         path = model_file(models_dir, ONNX_FILE, "retinaface")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelError("landmarks need onnxruntime: pip install onnxruntime")
-        self.session = ort_session(ort, path, threads, ["CPUExecutionProvider"])
+        self.session = ort_session(path, threads, ["CPUExecutionProvider"], what="the face landmarks")
         self.min_face, self.min_score = float(min_face), float(min_score)
 
     def run(self, bgr):

@@ -11,11 +11,11 @@ import zlib
 
 import numpy as np
 
-from edge.detectors.retinaface import BOX_ADJUST
-# The device's copy of train.transforms.expand_box, pinned numerically equal to it by
-# tests/test_contract.py; imported from here because train.transforms loads torch.
-from edge.preprocess import expand_box
-from train.data import read_rgb
+from edge.infer.detectors.retinaface import BOX_ADJUST
+
+# The one crop-with-margin definition (train and the device use it).
+from edge.infer.preprocess import expand_box
+from train.images import read_rgb
 
 from . import frame
 from . import placement as placing
@@ -53,13 +53,13 @@ class LabelCheck:
     """
 
     def __init__(self, model_path):
-        from edge.classify import OrtClassifier
+        from edge.infer.classify.ort import OrtClassifier
         self.classifier = OrtClassifier(model_path, providers=["CPUExecutionProvider"])
         self.meta = self.classifier.meta
 
     def agrees(self, rgb, box, label):
         """True when the classifier's top class for the face at ``box`` is ``label``."""
-        from edge.preprocess import crops_to_batch
+        from edge.infer.preprocess import crops_to_batch
         batch, kept = crops_to_batch(np.ascontiguousarray(rgb[:, :, ::-1]), [box], self.meta)
         if not kept:
             return False
