@@ -80,7 +80,7 @@ def run_configs(args):
 
 def evaluate_scenes(analyzer, scenes, sheet=None, progress=None):
     """Score ``analyzer`` on VOC scenes (a list of Truth); returns (Evaluation, seconds analysing)."""
-    evaluation = Evaluation(_ap_classes(analyzer))
+    evaluation = Evaluation(analyzer.classes)
     busy = 0.0
     for n, truth in enumerate(scenes):
         image = read_image(truth.path)
@@ -102,7 +102,7 @@ def evaluate_video(config, analyzer, video, frames, limit=0, per_frame=False, sh
     and, unless ``per_frame``, goes through the service's Pipeline with its tracker and
     intervals.
     """
-    evaluation = Evaluation(_ap_classes(analyzer))
+    evaluation = Evaluation(analyzer.classes)
     busy, seen, unannotated = 0.0, 0, 0
     with VideoRun(dict(config, input=video), outputs=[], analyzer=analyzer, health=False) as run:
         pending = list(run.first)
@@ -126,10 +126,6 @@ def evaluate_video(config, analyzer, video, frames, limit=0, per_frame=False, sh
     if not evaluation.n_images:
         raise SourceError("no annotated frame was read from %s" % video)
     return evaluation, busy
-
-
-def _ap_classes(analyzer):
-    return [c for c in ("mask", "no_mask") if c in analyzer.classes]
 
 
 def _score(evaluation, analyzer, truth, image, faces, sheet):

@@ -7,7 +7,10 @@
 - Average precision at IoU 0.5 per class, PASCAL VOC style (all-point interpolation):
   a detection counts for class c when its label is c, with score detector confidence x
   P(c); detections are matched greedily by score, a second detection of the same face is
-  a false positive. mAP is the mean over the classes asked for (mask, no_mask).
+  a false positive. mAP is the mean of the mask and no_mask APs (the published measure).
+- Compliance AP: the same for "non-compliant" (no_mask or incorrect, the seed's
+  definition): a detection counts when its label is not mask, with score detector
+  confidence x (1 - P(mask)); a two-class model is scored on incorrect faces this way too.
 - The confusion between classes on faces matched at IoU 0.5 (plus "missed").
 - ``face_ap``: AP at IoU 0.5 of the detector alone (any label, detector score): the
   ceiling a perfect classifier would bring the class APs to, which tells detector
@@ -17,10 +20,13 @@ import collections
 
 import numpy as np
 
+from edge.infer.faces import NON_COMPLIANT
 from edge.infer.track import iou_matrix  # one IoU for the service and its evaluation
 
 SIZE_BINS = (("<32", 0.0, 32.0), ("32-64", 32.0, 64.0), (">=64", 64.0, float("inf")))
 GT_CLASSES = ("mask", "no_mask", "incorrect")
+MAP_CLASSES = ("mask", "no_mask")
+COMPLIANCE = "non_compliant"
 IOU_MAIN, IOU_LOOSE = 0.5, 0.3
 
 
@@ -77,17 +83,22 @@ def _ratio(hit, n):
 class Evaluation(object):
     """Accumulates images (truth + the service's faces) and reports the metrics above.
 
-    ``ap_classes``: the classes that get an AP (and whose mean is the mAP).
+    ``ap_classes``: the classes that get an AP (the model's); the compliance AP is added
+    when mask is one of them.
     """
 
     def __init__(self, ap_classes=("mask", "no_mask")):
         self.ap_classes = tuple(ap_classes)
+        # Each ranked category: the labels it stands for (detections and truth alike).
+        self.categories = collections.OrderedDict((c, (c,)) for c in self.ap_classes)
+        if "mask" in self.ap_classes:
+            self.categories[COMPLIANCE] = NON_COMPLIANT
         self.n_images = 0
         self.n_detections = 0
         self.false_positives = 0
         # counts[(gt class, size bin, iou)] = [hits, faces]
         self.counts = collections.defaultdict(lambda: [0, 0])
-        self.ranked = dict((c, []) for c in self.ap_classes)  # (score, is true positive)
+        self.ranked = dict((c, []) for c in self.categories)  # (score, is true positive)
         self.faces_ranked = []  # (detector score, is true positive) whatever the label
         self.positives = collections.Counter()
         self.confusion = collections.defaultdict(collections.Counter)
@@ -125,22 +136,22 @@ class Evaluation(object):
             self.confusion[label]["missed" if d < 0 else predicted or "unclassified"] += 1
             if d < 0 or (predicted != label and label in classes):
                 wrong.append((g, d, predicted))
-        for c in self.ap_classes:
-            self._rank(c, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes)
+        for name, labels in self.categories.items():
+            self._rank(name, labels, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes)
         return wrong
 
-    def _rank(self, c, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes):
-        """Add this image's detections labelled ``c`` to the ranking of class ``c``."""
-        mine = [i for i, lab in enumerate(det_labels) if lab == c and det_probs[i] is not None]
-        positives = [i for i, lab in enumerate(gt_labels) if lab == c]
-        self.positives[c] += len(positives)
+    def _rank(self, name, labels, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes):
+        """Add this image's detections labelled one of ``labels`` to the ranking of ``name``."""
+        mine = [i for i, lab in enumerate(det_labels) if lab in labels and det_probs[i] is not None]
+        positives = [i for i, lab in enumerate(gt_labels) if lab in labels]
+        self.positives[name] += len(positives)
         if not mine:
             return
-        k = list(classes).index(c)
-        scores = np.array([det_scores[i] * float(det_probs[i][k]) for i in mine], np.float64)
+        columns = [k for k, c in enumerate(classes) if c in labels]
+        scores = np.array([det_scores[i] * float(np.sum(det_probs[i][columns])) for i in mine], np.float64)
         # Matching within one image in score order is what VOC's global ranking does to it.
         _, det_to_gt = greedy_match(gt_boxes[positives], det_boxes[mine], scores, IOU_MAIN)
-        self.ranked[c].extend(zip(scores.tolist(), (det_to_gt >= 0).tolist()))
+        self.ranked[name].extend(zip(scores.tolist(), (det_to_gt >= 0).tolist()))
 
     def recall(self):
         """{gt class or 'all': {n, iou50, iou30, by_size: {bin: {n, iou50, iou30}}, ge32}}."""
@@ -173,11 +184,12 @@ class Evaluation(object):
     def result(self):
         """Everything as one JSON-ready dict (see the module docstring)."""
         ap = collections.OrderedDict()
-        for c in self.ap_classes:
-            ranked = self.ranked[c]
-            value = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.positives[c])
-            ap[c] = None if value is None else round(value, 4)
-        known = [v for v in ap.values() if v is not None]
+        for name in self.categories:
+            ranked = self.ranked[name]
+            value = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.positives[name])
+            ap[name] = None if value is None else round(value, 4)
+        compliance_ap = ap.pop(COMPLIANCE, None)
+        known = [ap[c] for c in MAP_CLASSES if ap.get(c) is not None]
         n_faces = sum(self.counts.get(("all", b, IOU_MAIN), [0, 0])[1] for b, _, _ in SIZE_BINS)
         face_ap = average_precision([s for s, _ in self.faces_ranked],
                                     [t for _, t in self.faces_ranked], n_faces)
@@ -191,6 +203,7 @@ class Evaluation(object):
             ("fp_per_image", round(self.false_positives / float(self.n_images), 4) if self.n_images else None),
             ("ap", ap),
             ("map", round(sum(known) / len(known), 4) if known else None),
+            ("compliance_ap", compliance_ap),
             ("face_ap", None if face_ap is None else round(face_ap, 4)),
             ("confusion", confusion),
         ])

@@ -46,8 +46,10 @@ def evaluation_text(result):
                      [">=32 @.5"], rows))
     out.append("\nfalse positives per image (IoU .5): %.3f\n" % result["fp_per_image"])
     ap = ", ".join("%s %.3f" % (c, v) for c, v in result["ap"].items() if v is not None)
-    out.append("AP@.5 (score = detector x class probability): %s; mAP %s; face AP (detector "
-               "alone, any label) %s\n" % (ap or "-", _cell(result["map"]), _cell(result["face_ap"])))
+    out.append("AP@.5 (score = detector x class probability): %s; mAP (mask, no_mask) %s; "
+               "compliance AP (non-compliant = no_mask or incorrect) %s; face AP (detector alone, "
+               "any label) %s\n" % (ap or "-", _cell(result["map"]), _cell(result.get("compliance_ap")),
+                                     _cell(result["face_ap"])))
     columns = list(result["classes"]) + ["unclassified", "missed"]
     rows = [[label] + [counts.get(c, 0) for c in columns]
             for label, counts in result["confusion"].items()]
@@ -71,13 +73,14 @@ def comparison_table(results):
                      pct(rec["iou50"]), pct(rec["iou30"])] +
                     [pct(sizes[b]["iou50"]) for b in sizes] +
                     [pct(rec["ge32"]["iou50"]), r["fp_per_image"]] +
-                    [r["ap"].get(c) for c in ("mask", "no_mask")] +
-                    [r["map"], r["face_ap"], r["ms_per_image"]])
+                    [r["ap"].get(c) for c in ("mask", "no_mask", "incorrect")] +
+                    [r["map"], r.get("compliance_ap"), r["face_ap"], r["ms_per_image"]])
     sizes = list(results[0]["recall"]["all"]["by_size"])
     head = "%d images, %d faces (%s)\n" % (results[0]["n_images"], results[0]["n_faces"],
                                            results[0]["input"])
     return head + table(["detector + model", "rec@.5", "rec@.3"] + ["%spx" % s for s in sizes] +
-                        [">=32px", "FP/img", "AP mask", "AP no_mask", "mAP", "face AP", "ms/img"], rows)
+                        [">=32px", "FP/img", "AP mask", "AP no_mask", "AP incorr.", "mAP", "compl. AP",
+                         "face AP", "ms/img"], rows)
 
 
 def _stage_rows(stages):

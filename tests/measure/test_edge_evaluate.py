@@ -29,6 +29,7 @@ def test_perfect_detections_give_recall_1_and_ap_1():
     result, wrong = score(gt, labels, gt, [0.9, 0.8, 0.7], labels, [MASK, NO_MASK, MASK])
     assert result["recall"]["all"]["iou50"] == 1.0 and result["recall"]["all"]["iou30"] == 1.0
     assert result["ap"] == {"mask": 1.0, "no_mask": 1.0} and result["map"] == 1.0
+    assert result["compliance_ap"] == 1.0
     assert result["fp_per_image"] == 0.0 and wrong == []
     sizes = result["recall"]["all"]["by_size"]
     assert [sizes[b]["n"] for b in ("<32", "32-64", ">=64")] == [1, 1, 1]
@@ -60,6 +61,24 @@ def test_a_wrong_label_costs_ap():
     assert result["map"] == 0.25
     assert result["confusion"]["no_mask"] == {"mask": 1}
     assert wrong == [(1, 1, "mask")]
+
+
+def test_compliance_ap_counts_incorrect_as_non_compliant():
+    """A worn-wrong mask is non-compliant: found as no_mask by a two-class model it is a hit,
+    called mask it is a miss; a three-class model gets its own incorrect AP too."""
+    gt = [[0, 0, 40, 40], [100, 0, 140, 40], [200, 0, 240, 40]]
+    labels = ["mask", "incorrect", "no_mask"]
+    result, _ = score(gt, labels, gt, [0.9, 0.8, 0.7], ["mask", "no_mask", "no_mask"], [MASK, NO_MASK, NO_MASK])
+    assert result["compliance_ap"] == 1.0
+    result, _ = score(gt, labels, gt, [0.9, 0.8, 0.7], ["mask", "mask", "no_mask"], [MASK, MASK, NO_MASK])
+    assert result["compliance_ap"] == 0.5  # the worn-wrong face passes as compliant
+    three = ["mask", "no_mask", "incorrect"]
+    probs = [np.array(p, np.float32) for p in ([0.9, 0.05, 0.05], [0.1, 0.2, 0.7], [0.1, 0.8, 0.1])]
+    ev = metrics.Evaluation(three)
+    ev.add(gt, labels, gt, [0.9, 0.8, 0.7], ["mask", "incorrect", "no_mask"], probs, three)
+    result = ev.result()
+    assert result["ap"] == {"mask": 1.0, "no_mask": 1.0, "incorrect": 1.0}
+    assert result["compliance_ap"] == 1.0 and result["map"] == 1.0
 
 
 def test_false_positives_per_image_and_duplicates():
