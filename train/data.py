@@ -12,6 +12,7 @@ a group (scene or near-duplicate group: what must never straddle two splits).
 import collections
 import csv
 import hashlib
+import json
 import os
 import random
 
@@ -26,6 +27,9 @@ from train.images import dhash, read_rgb
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}}
 SPLITS = ("train", "val", "test")
+# What the hygiene pass learnt of each file (decoding a data set takes minutes), by path,
+# size and modification time.
+HYGIENE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "maskgate", "hygiene.json")
 
 # weight: how much the sample counts in training (``assign_weights``); 1 unless said otherwise.
 Sample = collections.namedtuple("Sample", "path box label split group source weight", defaults=(1.0,))
@@ -68,8 +72,37 @@ class Hygiene:
         return "hygiene: " + ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
 
 
+class _Recorder:
+    """Collects the hygiene notes of one file, so that they can be cached and replayed."""
+
+    def __init__(self):
+        self.notes = []
+
+    def note(self, reason, path):
+        self.notes.append(reason)
+
+
+def inspect_cached(path, hygiene, cache):
+    """``inspect_file`` through ``cache`` ({key: [result, notes]}), keyed on the file's path,
+    size and modification time: a second run (a study of many runs) skips the decoding."""
+    try:
+        stat = os.stat(path)
+        key = "%s|%d|%d" % (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is None or key not in cache:
+        recorder = _Recorder()
+        result = inspect_file(path, recorder)
+        if key is not None:
+            cache[key] = [list(result) if result else None, recorder.notes]
+    result, notes = cache[key] if key is not None else (result, recorder.notes)
+    for reason in notes:
+        hygiene.note(reason, path)
+    return tuple(result) if result else None
+
+
 def inspect_file(path, hygiene):
-    """Check one file; return (sha256, width, height) or None when it must be excluded."""
+    """Check one file; return (sha256, width, height, dhash) or None when it must be excluded."""
     try:
         size = os.path.getsize(path)
     except OSError:
@@ -91,6 +124,22 @@ def inspect_file(path, hygiene):
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return digest, rgb.shape[1], rgb.shape[0], dhash(rgb)
+
+
+def _load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 
 def near_duplicate_groups(paths, hashes, max_distance=4):
@@ -198,10 +247,12 @@ def clean(samples, min_size=8, hygiene=None):
     """
     from tqdm import tqdm
     hygiene = hygiene or Hygiene()
+    cache = _load_json(HYGIENE_CACHE)
     by_path = {}
     for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img",
                      leave=False, disable=None):
-        by_path[path] = inspect_file(path, hygiene)
+        by_path[path] = inspect_cached(path, hygiene, cache)
+    _save_json(HYGIENE_CACHE, cache)
     labels_by_digest = collections.defaultdict(set)
     for s in samples:
         if by_path[s.path] and s.box is None:
