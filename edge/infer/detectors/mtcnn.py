@@ -72,7 +72,8 @@ class Stage(object):
                             % (meta.get("format"), meta.get("stage"), FORMAT, stage))
         if meta.get("color") not in ("RGB", "BGR"):
             problems.append("color %r" % (meta.get("color"),))
-        missing = [k for k in ("mean", "scale", "window", "outputs") if k not in meta]
+        missing = [k for k in ("mean", "scale", "window", "outputs") + (("stride",) if stage == "pnet" else ())
+                   if k not in meta]
         if missing:
             problems.append("no %s" % ", ".join(missing))
         if problems:
@@ -82,7 +83,7 @@ class Stage(object):
         self.swap = meta["color"] == "RGB"  # frames are BGR
         self.mean, self.scale = float(meta["mean"]), float(meta["scale"])
         self.window = int(meta["window"])
-        self.stride = int(meta.get("stride", 0))
+        self.stride = int(meta.get("stride", 0))  # P-Net's step between windows
         self.input = self.session.get_inputs()[0].name
         self.outputs = list(meta["outputs"])
 
