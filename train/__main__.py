@@ -56,8 +56,8 @@ def get_args_parser():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
-                   help="weight the loss by inverse class frequency (balanced) or not")
+    p.add_argument("--class-weights", default="balanced", choices=["balanced", "sqrt", "none"],
+                   help="weight the loss by inverse class frequency (balanced), its square root (sqrt) or not")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.998) and evaluate, select and ship it; 0 disables")

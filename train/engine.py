@@ -103,11 +103,16 @@ class _SubsetView(Dataset):
         return self.parent.item(self.indices[i], self.transform, self.weighted)
 
 
-def class_weights(targets, num_classes, sample_weights=None):
-    """Inverse-frequency weights (sklearn's 'balanced'): n / (C * n_c), where a class's n_c is
-    the sum of its samples' weights (their count when unweighted)."""
+def class_weights(targets, num_classes, sample_weights=None, power=1.0):
+    """Inverse-frequency weights (sklearn's 'balanced'): (n / (C * n_c)) ** power, where a
+    class's n_c is the sum of its samples' weights (their count when unweighted).
+
+    ``power`` 0.5 ('sqrt') balances halfway: a class fifty times rarer weighs seven times
+    more, not fifty (with so few examples a full weight over-calls it).
+    """
     counts = np.bincount(np.asarray(targets), weights=sample_weights, minlength=num_classes).astype(float)
-    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1e-9)), dtype=torch.float32)
+    balanced = counts.sum() / (num_classes * np.maximum(counts, 1e-9))
+    return torch.tensor(balanced ** power, dtype=torch.float32)
 
 
 def weighted_loss(per_sample, targets, weights, class_weight=None):
@@ -251,7 +256,7 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
 
     ``args`` needs: epochs, batch_size, lr, weight_decay, workers, seed, patience, monitor,
     label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off),
-    class_weights (``balanced``, the default, or ``none``; from the samples' weights) and
+    class_weights (``balanced``, the default, ``sqrt`` or ``none``; from the samples' weights) and
     epoch_samples (draw that many samples per epoch by weight instead of a full weighted
     pass). Under torchrun, data are sharded.
 
@@ -263,8 +268,9 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     model.to(device)
     classes = meta["classes"]
-    balanced = getattr(args, "class_weights", "balanced") == "balanced"
-    weights = class_weights(train_set.targets, len(classes), train_set.weights).to(device) if balanced else None
+    power = {"balanced": 1.0, "sqrt": 0.5}.get(getattr(args, "class_weights", "balanced"))
+    weights = class_weights(train_set.targets, len(classes), train_set.weights, power).to(device) \
+        if power else None
     # Per-sample losses: the batch mean is weighted by each sample's weight (weighted_loss).
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing, reduction="none")
     params = [p for p in model.parameters() if p.requires_grad]
