@@ -11,10 +11,11 @@ import os
 import yaml
 
 from edge.errors import ConfigError
+from edge.infer import detect
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.yaml")
 
-DETECTORS = ("haar", "ssd", "retinaface")
+DETECTORS = tuple(detect.DETECTORS)  # one registry: a new detector is a choice here at once
 BACKENDS = ("auto", "trt", "ort")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -42,6 +42,8 @@ def test_boxes_are_coloured_by_class_and_the_hud_is_drawn():
     assert counts["mask"] + counts["no_mask"] + counts["incorrect"] == len(faces)
     assert compliance(counts) == pytest.approx(counts["mask"] / float(len(faces)))
     assert compliance(count_labels([])) is None
+    # A mask worn wrong counts against compliance like no mask at all.
+    assert compliance({"mask": 3, "no_mask": 0, "incorrect": 1}) == 0.75
 
 
 def test_read_only_frame_is_copied_not_written():
@@ -70,6 +72,7 @@ def test_blur_pixelates_faces_only():
 
 def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
     _, faces = real_scene()
+    faces.append(Face(np.array([40, 40, 60, 62], np.float32), 0.7, None, "incorrect", 0.8, 99))
     faces.append(Face(np.array([1, 1, 9, 9], np.float32), 0.6))  # not classified: left out
     path = str(tmp_path / "sub" / "events.jsonl")
     writer = EventWriter(path, flush_every=2)
@@ -90,9 +93,11 @@ def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
         assert sum(line["counts"].values()) == len(line["faces"])
         for face in line["faces"]:
             assert face["label"] in ("mask", "no_mask", "incorrect")
+            assert face["compliant"] is (face["label"] == "mask")  # incorrect is non-compliant
             assert 0 <= face["score"] <= 1 and isinstance(face["track"], int)
             assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
     assert len(lines[0]["faces"]) == len(faces) - 1
+    assert lines[0]["counts"]["incorrect"] == 1 and lines[0]["faces"][-1]["compliant"] is False
     assert lines[1]["pts"] == 0.1
 
 
