@@ -14,17 +14,20 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install install-edge system-deps test-deps weights models train demo evaluate bench test lint soak clean
+.PHONY: help install install-edge system-deps test-deps weights models mtcnn train demo evaluate bench test lint floor-test soak nano-check clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
 	@echo "make test     run the test suite"
 	@echo "make train    train the default classifier (see README: model card)"
 	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
-	@echo "make models   provision the face-detector files (checked by sha256)"
+	@echo "make models   provision the face-detector files (checked by sha256; MTCNN's where torch is)"
+	@echo "make mtcnn    export MTCNN's three nets to ONNX (needs torch; copy them to a device)"
 	@echo "make evaluate end-to-end accuracy on the kaggle853 test scenes"
 	@echo "make bench    edge-bench on the demo video, with the one-at-a-time baseline"
 	@echo "make soak     20-minute soak: memory and descriptors of the running service"
+	@echo "make floor-test  the device tests on the oldest numpy/OpenCV/PyYAML pip installs here"
+	@echo "make nano-check  on a Jetson Nano: versions, Jetson elements, camera, engine, tests, bench -> one report"
 
 # GStreamer and the headers PyGObject builds against (Debian/Ubuntu; skipped when present).
 system-deps:
@@ -53,8 +56,17 @@ install: $(VENV)/.installed
 weights: install
 	$(PY) -m train.weights
 
+# MTCNN's files are exported from PyTorch weights, so only where torch is installed (`make
+# install`); the edge-only install (`make demo`) provisions the others and says so.
 models: install-edge
 	$(PY) -m edge.provision
+	@if $(PY) -c "import torch, onnx" 2>/dev/null; then $(PY) -m export.mtcnn \
+	  || echo "mtcnn: export failed (above); the other detectors are provisioned"; \
+	else echo "mtcnn: not exported here (no torch): run \`make mtcnn\` on a workstation and copy models/detectors/mtcnn_*.onnx"; fi
+
+# Nothing happens when the three files are current (python -m export.mtcnn --force redoes them).
+mtcnn: install
+	$(PY) -m export.mtcnn
 
 train: install weights models  # models: the detectors that --face-crop uses
 	$(PY) -m train --config train/configs/default.yaml
@@ -72,19 +84,29 @@ bench: install models
 	mkdir -p $(OUT)
 	$(VENV)/bin/edge-bench $(DEMO_INPUT) $(OUT)/bench.mp4 --events $(OUT)/bench.jsonl --vs-baseline
 
-test: install weights models lint test-deps
+test: install weights models mtcnn lint test-deps
 	$(PY) -m pytest -q
 
 # What runs on the Nano (edge/, the torch-free part of export/) must parse as Python 3.6.
-NANO_CODE := edge scripts/soak.py export/__init__.py export/trt.py export/samples.py
+NANO_CODE := edge scripts/soak.py scripts/nanocheck.py export/__init__.py export/trt.py export/samples.py
 lint: install
 	$(VENV)/bin/vermin -q --no-tips -t=3.6- --violations $(NANO_CODE)
 	shellcheck scripts/*.sh
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.jetson
 
+# The device tests on the oldest numpy/OpenCV/PyYAML/onnxruntime pip installs for this Python
+# (a venv in .cache/floor-venv; PyGObject taken from .venv). See the script for what and why.
+floor-test: install
+	GI_PYTHON=$(abspath $(PY)) ./scripts/floor-test.sh
+
 MINUTES ?= 20
 soak: install-edge models
 	$(PY) scripts/soak.py --minutes $(MINUTES)
+
+# On the Nano, from the checkout, with the installed service's Python (no `make install`):
+# one report (out/nano-check/nano-check.json and .md) for the owner to send back.
+nano-check:
+	./scripts/nano-check.sh --out $(OUT)/nano-check
 
 clean:
 	rm -rf $(VENV) $(OUT) runs .pytest_cache

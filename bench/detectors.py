@@ -38,6 +38,13 @@ CONFIGS = {
     "retina@480": ("retinaface", {"input_size": 480}),
     "retina@640x2t": ("retinaface", {"input_size": 640, "threads": 2}),
     "retina@640raw": ("retinaface", {"input_size": 640, "box_adjust": None}),
+    # MTCNN's pyramid starts at 12 / min_size of the frame (min_size 10 here: 1.2x); its
+    # cost follows min_size (in frame pixels), not input_size.
+    "mtcnn": ("mtcnn", {}),
+    "mtcnn@min8": ("mtcnn", {"min_size": 8}),
+    "mtcnn@min20": ("mtcnn", {"min_size": 20}),
+    "mtcnn@2t": ("mtcnn", {"threads": 2}),
+    "mtcnn@raw": ("mtcnn", {"box_adjust": None}),
 }
 
 

@@ -46,18 +46,30 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path, data, mode=0o644, durable=False):
     """Write ``data`` (bytes or str) to ``path`` through a temporary file and a rename.
 
     Readers see the old file or the new one, never half of one, and a crash or a full
-    disk leaves the old file in place (the temporary file is removed).
+    disk leaves the old file in place (the temporary file is removed). ``durable``: fsync
+    the file and its folder too, so that a power cut right after cannot undo it (for small
+    files written rarely: state that must not go backwards).
     """
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        if durable:
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

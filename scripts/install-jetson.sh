@@ -5,6 +5,8 @@
 #   sudo ./scripts/install-jetson.sh            # from a checkout of the repository
 #   sudo ./scripts/install-jetson.sh --no-start # install and enable, start at next boot
 #   sudo ./scripts/install-jetson.sh --ort-wheel=onnxruntime_gpu-1.10.0-cp36-cp36m-linux_aarch64.whl
+#   sudo ./scripts/install-jetson.sh --instance=door --input=/dev/video1
+#                                               # one more camera: maskgate@door (see below)
 #   ./scripts/install-jetson.sh --docker        # inside docker/Dockerfile.jetson (no systemd)
 #
 # Layout (the same as systemd/maskgate.service and docker/Dockerfile.jetson):
@@ -12,6 +14,9 @@
 #                             tensorrt, cv2 and gi (--system-site-packages)
 #   /etc/maskgate/config.yaml the appliance's settings (kept when it exists)
 #   /var/lib/maskgate         engines and events; /run/maskgate/health.json
+# --instance=NAME installs systemd/maskgate@.service (one service per camera) and writes
+# /etc/maskgate/NAME.yaml (kept when it exists) for --input (default csi://0) with the
+# next free health port from 8082; it enables and starts maskgate@NAME instead of maskgate.
 # Needs PyPI for pycuda, the detector files (edge.provision) and what JetPack lacks.
 set -euo pipefail
 
@@ -20,11 +25,14 @@ CONF_DIR=/etc/maskgate
 STATE_DIR=/var/lib/maskgate
 SVC_USER=maskgate
 UNIT=/etc/systemd/system/maskgate.service
+TEMPLATE_UNIT=/etc/systemd/system/maskgate@.service
 VENV_PY="$PREFIX/.venv/bin/python"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 docker=0
 start=1
 ort_wheel=""
+instance=""
+instance_input="csi://0"
 # numpy's OpenBLAS misdetects the Nano's Cortex-A57 ("Illegal instruction"); the unit sets it too.
 export OPENBLAS_CORETYPE=ARMV8
 
@@ -40,19 +48,6 @@ die() {
 step() {
   echo "==> $*"
 }
-
-for arg in "$@"; do
-  case "$arg" in
-    --docker) docker=1 ;;
-    --no-start) start=0 ;;
-    --ort-wheel=*) ort_wheel=$(realpath "${arg#--ort-wheel=}") ;;
-    -h|--help) usage; exit 0 ;;
-    *) die "unknown option $arg (see --help)" ;;
-  esac
-done
-
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo $0 $*"
-[ -f "$repo/edge/__init__.py" ] || die "run from a checkout of the repository ($repo has no edge/)"
 
 check_platform() {
   if [ -r /etc/nv_tegra_release ]; then
@@ -172,17 +167,60 @@ install_config() {
   fi
 }
 
+# The first health port from $1 up that no /etc/maskgate/*.yaml listens on.
+next_free_port() {
+  local port=$1 used
+  used=$(cat "$CONF_DIR"/*.yaml 2>/dev/null | sed -n 's/^ *http: *[^#]*:\([0-9][0-9]*\).*/\1/p' || true)
+  while printf '%s\n' "$used" | grep -qx "$port"; do
+    port=$((port + 1))
+  done
+  echo "$port"
+}
+
+# An instance's settings on stdout: systemd/maskgate@.yaml for camera $2, health port $3.
+instance_config() {
+  sed -e "s|__NAME__|$1|g" -e "s|__INPUT__|$2|g" -e "s|__HEALTH_PORT__|$3|g" \
+    "$repo/systemd/maskgate@.yaml"
+}
+
+install_instance_config() {
+  local file="$CONF_DIR/$instance.yaml"
+  step "instance $instance: $file"
+  if [ -e "$file" ]; then
+    echo "kept $file"
+  else
+    instance_config "$instance" "$instance_input" "$(next_free_port 8082)" > "$file.tmp"
+    chmod 0640 "$file.tmp"
+    chgrp "$SVC_USER" "$file.tmp"
+    mv "$file.tmp" "$file"
+  fi
+}
+
 install_unit() {
-  step "systemd unit"
+  step "systemd units"
   install -m 0644 "$repo/systemd/maskgate.service" "$UNIT"
-  install -m 0644 "$repo/systemd/maskgate.logrotate" /etc/logrotate.d/maskgate
+  install -m 0644 "$repo/systemd/maskgate@.service" "$TEMPLATE_UNIT"
+  if [ -e /etc/logrotate.d/maskgate ]; then
+    # Older versions rotated events with copytruncate, which loses lines and leaves NUL
+    # bytes; the service rotates its events file itself now (events.rotate_mb, events.keep).
+    rm -f /etc/logrotate.d/maskgate
+    echo "removed /etc/logrotate.d/maskgate: the service rotates its events file itself"
+  fi
   systemctl daemon-reload
-  systemctl enable maskgate.service
+  local unit=maskgate.service
+  if [ -n "$instance" ]; then
+    unit="maskgate@$instance.service"
+    if systemctl is-enabled --quiet maskgate.service 2>/dev/null; then
+      echo "note: maskgate.service (config.yaml) is enabled too; if it uses the same camera:"
+      echo "  sudo systemctl disable --now maskgate"
+    fi
+  fi
+  systemctl enable "$unit"
   if [ "$start" -eq 1 ]; then
     # --no-block: Type=notify waits for READY, minutes on the first boot.
-    systemctl restart --no-block maskgate.service
-    echo "starting maskgate (the first start builds the TensorRT engine: several minutes)"
-    echo "  follow it:    journalctl -u maskgate -f"
+    systemctl restart --no-block "$unit"
+    echo "starting $unit (the first start builds the TensorRT engine: several minutes)"
+    echo "  follow it:    journalctl -u ${unit%.service} -f"
   fi
 }
 
@@ -194,19 +232,52 @@ advise_power() {
   fi
   echo "  sudo nvpmodel -m 0     # MAXN, 10 W (needs a 5 V 4 A barrel-jack supply; J48 jumper)"
   echo "  sudo jetson_clocks     # pin CPU/GPU/EMC clocks to max (until reboot)"
-  echo "Health:  $VENV_PY -m edge.health /run/maskgate/health.json"
-  echo "Status:  systemctl status maskgate; journalctl -u maskgate"
+  if [ -n "$instance" ]; then
+    echo "Health:  $VENV_PY -m edge.health /run/maskgate-$instance/health.json"
+    echo "Status:  systemctl status maskgate@$instance; journalctl -u maskgate@$instance"
+  else
+    echo "Health:  $VENV_PY -m edge.health /run/maskgate/health.json"
+    echo "Status:  systemctl status maskgate; journalctl -u maskgate"
+  fi
+  echo "Check:   make nano-check (or ./scripts/nano-check.sh): one report to send back"
 }
 
-check_platform
-install_apt
-install_code
-install_venv
-provision_models
-if [ "$docker" -eq 1 ]; then
-  exit 0
+main() {
+  for arg in "$@"; do
+    case "$arg" in
+      --docker) docker=1 ;;
+      --no-start) start=0 ;;
+      --ort-wheel=*) ort_wheel=$(realpath "${arg#--ort-wheel=}") ;;
+      --instance=*) instance=${arg#--instance=} ;;
+      --input=*) instance_input=${arg#--input=} ;;
+      -h|--help) usage; exit 0 ;;
+      *) die "unknown option $arg (see --help)" ;;
+    esac
+  done
+  if [ -n "$instance" ] && ! printf '%s' "$instance" | grep -qE '^[A-Za-z0-9_-]+$'; then
+    die "--instance=$instance: use letters, digits, - and _ only"
+  fi
+  [ "$(id -u)" -eq 0 ] || die "run as root: sudo $0 $*"
+  [ -f "$repo/edge/__init__.py" ] || die "run from a checkout of the repository ($repo has no edge/)"
+
+  check_platform
+  install_apt
+  install_code
+  install_venv
+  provision_models
+  if [ "$docker" -eq 1 ]; then
+    exit 0
+  fi
+  create_user
+  install_config
+  if [ -n "$instance" ]; then
+    install_instance_config
+  fi
+  install_unit
+  advise_power
+}
+
+# Sourced (by the tests, for instance_config and next_free_port) it only defines functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
 fi
-create_user
-install_config
-install_unit
-advise_power

@@ -12,6 +12,7 @@ CONF_DIR=/etc/maskgate
 STATE_DIR=/var/lib/maskgate
 SVC_USER=maskgate
 UNIT=/etc/systemd/system/maskgate.service
+TEMPLATE_UNIT=/etc/systemd/system/maskgate@.service
 purge=0
 
 die() {
@@ -29,22 +30,25 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "run as root: sudo $0 $*"
 
-if command -v systemctl >/dev/null && [ -e "$UNIT" ]; then
-  echo "==> stopping and disabling maskgate"
+if command -v systemctl >/dev/null && { [ -e "$UNIT" ] || [ -e "$TEMPLATE_UNIT" ]; }; then
+  echo "==> stopping and disabling maskgate and its instances (maskgate@NAME)"
   # Stopping sends SIGTERM: the service flushes its events and closes its outputs.
-  systemctl disable --now maskgate.service || true
-  rm -f "$UNIT"
+  systemctl disable --now maskgate.service 2>/dev/null || true
+  for unit in $(systemctl list-units --all --plain --no-legend 'maskgate@*.service' | awk '{print $1}'); do
+    systemctl disable --now "$unit" || true
+  done
+  rm -f "$UNIT" "$TEMPLATE_UNIT" /etc/systemd/system/multi-user.target.wants/maskgate@*.service
   systemctl daemon-reload
-  systemctl reset-failed maskgate.service 2>/dev/null || true
+  systemctl reset-failed 'maskgate*' 2>/dev/null || true
 fi
-rm -f /etc/logrotate.d/maskgate
+rm -f /etc/logrotate.d/maskgate  # older versions rotated the events with logrotate
 
 echo "==> removing $PREFIX"
 rm -rf "$PREFIX"
 
 if [ "$purge" -eq 1 ]; then
   echo "==> purging $CONF_DIR, $STATE_DIR and user $SVC_USER"
-  rm -rf "$CONF_DIR" "$STATE_DIR" /run/maskgate
+  rm -rf "$CONF_DIR" "$STATE_DIR" /run/maskgate /run/maskgate-*
   if id "$SVC_USER" >/dev/null 2>&1; then
     userdel "$SVC_USER"
   fi

@@ -272,6 +272,25 @@ class FakeCuda(object):
         host[...] = raw.view(host.dtype).reshape(host.shape)
 
 
+def fake_runtime(folder, fail=None, pycuda=True):
+    """A folder for a child process's PYTHONPATH with importable stand-ins of tensorrt (8.2 API)
+    and pycuda.driver (``pycuda=False``: as where pycuda did not build); ``fail="build"``: every
+    engine build fails as TensorRT's does (None). Returns the environment to add."""
+    os.makedirs(str(folder))
+    setup = "import sys\nsys.path.insert(0, %r)\nimport helpers\n" % os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(str(folder), "tensorrt.py"), "w") as f:
+        f.write(setup + "trt = helpers.fake_tensorrt(8)\n")
+        if fail == "build":
+            f.write("trt.Builder.build_serialized_network = lambda self, network, config: None\n")
+        f.write("sys.modules['tensorrt'] = trt\n")  # what `import tensorrt` then returns
+    if pycuda:
+        os.makedirs(os.path.join(str(folder), "pycuda"))
+        open(os.path.join(str(folder), "pycuda", "__init__.py"), "w").close()
+        with open(os.path.join(str(folder), "pycuda", "driver.py"), "w") as f:
+            f.write(setup + "sys.modules['pycuda.driver'] = helpers.FakeCuda\n")
+    return {"PYTHONPATH": str(folder)}
+
+
 def install_fakes(monkeypatch, api, fast_int8=True):
     """Put the fake tensorrt and pycuda.driver in ``sys.modules`` for one test."""
     import sys
@@ -288,7 +307,7 @@ def tiny_onnx(path, meta):
     """A real (untrained) classifier graph with maskgate metadata: pool -> linear -> softmax."""
     import json
 
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="building a test model needs the onnx package (workstation)")
     from onnx import TensorProto, helper, numpy_helper
     h, w = meta["input_size"]
     n = len(meta["classes"])
@@ -314,7 +333,7 @@ def tiny_classifier_onnx(path, size=32):
     Its weights are random (fixed seed): the pipeline tests check the plumbing, the
     shipped model's accuracy is measured by ``edge.evaluate``.
     """
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="building a test model needs the onnx package (workstation)")
     from onnx import TensorProto, helper, numpy_helper
 
     from edge.infer.model_meta import make_metadata, to_string_props

@@ -30,6 +30,12 @@ def get_args_parser():
                    "default: train/configs/default.yaml, the shipped model's recipe")
     p.add_argument("--data", action="append", help="data root (class folders, SF-MASK or VOC scenes); "
                    "repeatable; replaces the config's data")
+    p.add_argument("--train-data", action="append",
+                   help="data root used for training only, never for val or test (a single-person webcam "
+                        "set, a synthesized set); repeatable; replaces the config's train_data")
+    p.add_argument("--synthetic-share", type=float, default=0.3,
+                   help="share of each class's training weight that synthesized faces (a --train-data set "
+                        "with a manifest.csv) make up")
     p.add_argument("--classes", default="mask,no_mask", help="classes in output order")
     p.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHS))
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH")
@@ -43,12 +49,15 @@ def get_args_parser():
                         "service does; scene annotations keep their boxes")
     p.add_argument("--subset", type=float, default=1.0, help="train on this stratified share of the data")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epoch-samples", type=int, default=0,
+                   help="samples drawn per epoch by their weight, with replacement (0: every sample once, "
+                        "weighted in the loss)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
-                   help="weight the loss by inverse class frequency (balanced) or not")
+    p.add_argument("--class-weights", default="balanced", choices=["balanced", "sqrt", "none"],
+                   help="weight the loss by inverse class frequency (balanced), its square root (sqrt) or not")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.998) and evaluate, select and ship it; 0 disables")
@@ -56,6 +65,10 @@ def get_args_parser():
     p.add_argument("--lowres", type=float, default=0.0,
                    help="probability of degrading a training crop to a 12-32 px face and back")
     p.add_argument("--mix", default="none", choices=["none", "mixup", "cutmix"])
+    p.add_argument("--occluders", type=float, default=0.0,
+                   help="probability of a hand, phone or sheet of paper drawn before the mouth (label kept)")
+    p.add_argument("--sunglasses", type=float, default=0.0, help="probability of drawn sunglasses")
+    p.add_argument("--blur", type=float, default=0.0, help="probability of defocus or motion blur")
     p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
     p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=False,
@@ -89,7 +102,7 @@ def parse_args(argv=None):
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    given_data = args.data
+    given_data, given_train_data = args.data, args.train_data
     path = args.config or DEFAULT_CONFIG
     if not os.path.isfile(path):
         parser.exit(2, "error: config file not found: %s\n" % path)
@@ -105,8 +118,10 @@ def parse_args(argv=None):
     parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
     args = parser.parse_args(argv)
     args.config = path
-    if given_data:
-        args.data = given_data
+    if given_data:  # data given on the command line replace the config's, both kinds
+        args.data, args.train_data = given_data, given_train_data
+    elif given_train_data:
+        args.train_data = given_train_data
     if not args.data:
         parser.error("give at least one --data folder (or data: in --config)")
     args.classes = [c.strip() for c in args.classes.split(",")] if isinstance(args.classes, str) else list(args.classes)
@@ -130,7 +145,9 @@ def build_datasets(samples, meta, args):
     """
     by_split = {s: [x for x in samples if x.split == s] for s in data.SPLITS}
     train_set = FaceDataset(by_split["train"], meta["classes"], meta,
-                            TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres))
+                            TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres,
+                                           occluders=args.occluders, sunglasses=args.sunglasses, blur=args.blur),
+                            weighted=True)
     evaluation = EvalTransform(meta)
     sets = {}
     for split in ("val", "test"):
@@ -151,10 +168,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     started = time.time()
     samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.split_seed, args.subset,
-                                    facecrop.detector_name(args.face_crop))
+                                    facecrop.detector_name(args.face_crop), args.train_data or (),
+                                    args.synthetic_share)
     summary = data.summarize(samples)
     print(hygiene)
     print("data: %s" % json.dumps(summary["splits"]))
+    print("training weight by source and class: %s" % json.dumps(summary["train_weight"]))
     mean, std = normalization(args.arch)
     train_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
     meta = model_meta.make_metadata(args.arch, args.classes, (args.input_size, args.input_size), mean, std,

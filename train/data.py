@@ -10,7 +10,9 @@ A ``Sample`` is one face: an image path, an optional box in it, a class name, a 
 a group (scene or near-duplicate group: what must never straddle two splits).
 """
 import collections
+import csv
 import hashlib
+import json
 import os
 import random
 
@@ -25,8 +27,15 @@ from train.images import dhash, read_rgb
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}}
 SPLITS = ("train", "val", "test")
+# What the hygiene pass learnt of each file (decoding a data set takes minutes), by path,
+# size and modification time.
+HYGIENE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "maskgate", "hygiene.json")
 
-Sample = collections.namedtuple("Sample", "path box label split group source")
+# weight: how much the sample counts in training (``assign_weights``); 1 unless said otherwise.
+Sample = collections.namedtuple("Sample", "path box label split group source weight", defaults=(1.0,))
+# A folder data set with this file is synthesized (``python -m train.maskwear``): its rows
+# name each image's group (the target face), and it is only ever trained on.
+MANIFEST = "manifest.csv"
 
 
 class DataError(ValueError):
@@ -63,8 +72,37 @@ class Hygiene:
         return "hygiene: " + ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
 
 
+class _Recorder:
+    """Collects the hygiene notes of one file, so that they can be cached and replayed."""
+
+    def __init__(self):
+        self.notes = []
+
+    def note(self, reason, path):
+        self.notes.append(reason)
+
+
+def inspect_cached(path, hygiene, cache):
+    """``inspect_file`` through ``cache`` ({key: [result, notes]}), keyed on the file's path,
+    size and modification time: a second run (a study of many runs) skips the decoding."""
+    try:
+        stat = os.stat(path)
+        key = "%s|%d|%d" % (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is None or key not in cache:
+        recorder = _Recorder()
+        result = inspect_file(path, recorder)
+        if key is not None:
+            cache[key] = [list(result) if result else None, recorder.notes]
+    result, notes = cache[key] if key is not None else (result, recorder.notes)
+    for reason in notes:
+        hygiene.note(reason, path)
+    return tuple(result) if result else None
+
+
 def inspect_file(path, hygiene):
-    """Check one file; return (sha256, width, height) or None when it must be excluded."""
+    """Check one file; return (sha256, width, height, dhash) or None when it must be excluded."""
     try:
         size = os.path.getsize(path)
     except OSError:
@@ -86,6 +124,22 @@ def inspect_file(path, hygiene):
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return digest, rgb.shape[1], rgb.shape[0], dhash(rgb)
+
+
+def _load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 
 def near_duplicate_groups(paths, hashes, max_distance=4):
@@ -112,8 +166,26 @@ def _list_files(folder):
     return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
 
 
+def manifest_groups(root):
+    """{image path: group} from a synthesized set's ``manifest.csv`` ({} for other sets)."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        return {os.path.join(root, row["file"]): row["group"] for row in csv.DictReader(f)}
+
+
+def is_synthetic(root):
+    """Whether ``root`` is a synthesized data set (it has a ``manifest.csv``)."""
+    return os.path.isfile(os.path.join(root, MANIFEST))
+
+
 def read_class_folders(root, split=None, source=None):
-    """Samples of a folder-per-class tree (``root/<class>/*``); any file is a candidate."""
+    """Samples of a folder-per-class tree (``root/<class>/*``); any file is a candidate.
+
+    A synthesized set's manifest gives each image its group (the face it was made from).
+    """
+    groups = manifest_groups(root)
     samples = []
     for entry in sorted(os.listdir(root)):
         folder = os.path.join(root, entry)
@@ -121,7 +193,8 @@ def read_class_folders(root, split=None, source=None):
             continue
         label = canonical_class(entry, root)
         for path in _list_files(folder):
-            samples.append(Sample(path, None, label, split, path, source or os.path.basename(root)))
+            samples.append(Sample(path, None, label, split, groups.get(path, path),
+                                  source or os.path.basename(os.path.normpath(root))))
     if not samples:
         raise DataError("no class folders with files under %s" % root)
     return samples
@@ -174,10 +247,12 @@ def clean(samples, min_size=8, hygiene=None):
     """
     from tqdm import tqdm
     hygiene = hygiene or Hygiene()
+    cache = _load_json(HYGIENE_CACHE)
     by_path = {}
     for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img",
                      leave=False, disable=None):
-        by_path[path] = inspect_file(path, hygiene)
+        by_path[path] = inspect_cached(path, hygiene, cache)
+    _save_json(HYGIENE_CACHE, cache)
     labels_by_digest = collections.defaultdict(set)
     for s in samples:
         if by_path[s.path] and s.box is None:
@@ -210,7 +285,8 @@ def clean(samples, min_size=8, hygiene=None):
         for p in whole:
             if groups[p] != p:
                 hygiene.note("near_duplicate_grouped", p)
-        kept = [s._replace(group=groups[s.path]) if s.box is None else s for s in kept]
+        # A group given by the data set (a synthesized face's target) is kept as it is.
+        kept = [s._replace(group=groups[s.path]) if s.box is None and s.group == s.path else s for s in kept]
     return kept, hygiene
 
 
@@ -273,36 +349,77 @@ def summarize(samples):
     """{split: {class: count}} plus per-source totals, for the checkpoint and the report."""
     table = collections.defaultdict(collections.Counter)
     sources = collections.defaultdict(collections.Counter)
+    mass = collections.defaultdict(lambda: collections.defaultdict(float))
     for s in samples:
         table[s.split][s.label] += 1
         sources[s.source][s.split] += 1
+        if s.split == "train":
+            mass[s.source][s.label] += s.weight
     return {"splits": {k: dict(v) for k, v in sorted(table.items())},
-            "sources": {k: dict(v) for k, v in sorted(sources.items())}}
+            "sources": {k: dict(v) for k, v in sorted(sources.items())},
+            "train_weight": {k: {c: round(w, 1) for c, w in sorted(v.items())} for k, v in sorted(mass.items())}}
 
 
-def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, face_crop=None):
-    """Read, clean and split every data root; returns (samples, hygiene).
+def assign_weights(samples, synthetic_sources=(), synthetic_share=0.3):
+    """Training weights, so that no single face or source defines a class.
 
-    ``face_crop``: a detector name (``train.facecrop``) that crops whole images to their
-    face as the edge service would; None keeps whole images.
+    - A whole image counts 1 / (the images of its group and class): near-copies (a webcam
+      set's video frames, fmd's pre-augmented images) and the variants synthesized from one
+      face count as one face together. Scene crops are distinct faces and count 1 each.
+    - Synthesized faces (``synthetic_sources``) are scaled, class by class among the training
+      samples, so that they make up ``synthetic_share`` of every class they appear in. Since
+      they are synthesized for mask and incorrect alike, the same share in both keeps the
+      look of a pasted mask from telling the classes apart: only where it sits does.
+    """
+    sizes = collections.Counter((s.source, s.group, s.label) for s in samples if s.box is None)
+    out = [s._replace(weight=1.0 / sizes[(s.source, s.group, s.label)]) if s.box is None else s
+           for s in samples]
+    if not synthetic_sources or not 0 < synthetic_share < 1:
+        return out
+    mass = collections.defaultdict(float)  # (label, synthetic?) -> summed weight in train
+    for s in out:
+        if s.split == "train":
+            mass[(s.label, s.source in synthetic_sources)] += s.weight
+    factor = {}
+    for (label, synthetic), synth_mass in list(mass.items()):
+        real_mass = mass.get((label, False), 0.0)
+        if synthetic and real_mass > 0:
+            factor[label] = synthetic_share / (1 - synthetic_share) * real_mass / synth_mass
+    return [s._replace(weight=s.weight * factor.get(s.label, 1.0)) if s.source in synthetic_sources else s
+            for s in out]
+
+
+def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, face_crop=None, train_only=(),
+            synthetic_share=0.3):
+    """Read, clean, split and weigh every data root; returns (samples, hygiene).
+
+    ``train_only``: roots whose every sample goes to training (a single-person webcam set,
+    a synthesized set: neither may decide a validation or test score). ``face_crop``: a
+    detector name (``train.facecrop``) that crops whole images to their face as the edge
+    service would; None keeps whole images. ``synthetic_share``: see ``assign_weights``.
     """
     hygiene = Hygiene()
-    samples = []
-    for root in roots:
+    samples, synthetic = [], set()
+    for root in list(roots) + list(train_only):
         source = load_source(root)
         unused = [s for s in source if s.label not in classes]
         for s in unused:
             hygiene.note("class_not_trained_%s" % s.label, s.path)
         source = [s for s in source if s.label in classes]
         source, _ = clean(source, min_size, hygiene)
-        if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source):
+        if root in train_only:
+            source = [s._replace(split="train") for s in source]
+        if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source) \
+                and root not in train_only:
             source = carve_val(source, seed=seed)
         source = stratified_split(source, seed=seed)
         if face_crop:  # after the split, so that cropping leaves every image in its split
             from train.facecrop import find_faces
             source = find_faces(source, face_crop, hygiene, min_size)
+        if is_synthetic(root):
+            synthetic.update(s.source for s in source)
         samples.extend(source)
     samples = subset(samples, subset_fraction, seed)
     if not samples:
-        raise DataError("no usable images in %s" % ", ".join(roots))
-    return samples, hygiene
+        raise DataError("no usable images in %s" % ", ".join(list(roots) + list(train_only)))
+    return assign_weights(samples, synthetic, synthetic_share), hygiene

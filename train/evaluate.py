@@ -51,29 +51,33 @@ def load_any(path):
 
 def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
                   face_crop="trained"):
-    """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``.
+    """Metrics dict (``report.compute_metrics`` keys and ``compliance``) of ``model_path`` on ``data_root``.
 
-    ``face_crop``: detector that crops whole images to their face; ``trained`` (default)
-    uses what the model was trained with, ``none`` keeps whole images.
+    Faces of a class the model does not have (a worn-wrong mask for a two-class model)
+    are left out of the class metrics but scored in the compliance view, where they are
+    non-compliant. ``face_crop``: detector that crops whole images to their face;
+    ``trained`` (default) uses what the model was trained with, ``none`` keeps whole images.
     """
     model, meta = load_any(model_path)
     if face_crop == "trained":
         face_crop = (meta.get("train_args") or {}).get("face_crop")
     face_crop = detector_name(face_crop)
     source = data.load_source(data_root)
-    skipped = sum(1 for s in source if s.label not in meta["classes"])
-    source = [s for s in source if s.label in meta["classes"]]
     if split != "all":
         source = [s for s in source if s.split == split]
     samples, hygiene = data.clean(source, min_size)
     if face_crop:
         samples = find_faces(samples, face_crop, hygiene, min_size)
     if not samples:
-        raise data.DataError("no usable faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
+        raise data.DataError("no usable faces in %s (split %s)" % (data_root, split))
     dataset = FaceDataset(samples, meta["classes"], meta, EvalTransform(meta), cache=False)
     labels, probs = predict(model, make_loader(dataset, batch_size, False, 0, 0), torch.device("cpu"), flip)
-    metrics = report.compute_metrics(labels, probs, meta["classes"])
-    metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=skipped,
+    known = labels >= 0
+    if not known.any():
+        raise data.DataError("no faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
+    metrics = report.compute_metrics(labels[known], probs[known], meta["classes"])
+    metrics["compliance"] = report.compliance_metrics([s.label for s in samples], probs, meta["classes"])
+    metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=int((~known).sum()),
                    face_crop=face_crop or "none", hygiene=hygiene.summary())
     return metrics
 

@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from edge.infer.preprocess import letterbox, pad_colour
+from train.augment import hard_cases
 
 
 def normalize(rgb, mean, std):
@@ -54,14 +55,17 @@ def degrade_resolution(boxed, side):
 class TrainTransform:
     """Augmentation as the seed specifies, then normalization; for training data only.
 
-    Works on the letterboxed uint8 crop: flip p=0.5, rotation 10 degrees, colour jitter
-    0.2/0.2/0.2, perspective 0.1 with p=0.3, a light random affine (shift/scale), and
-    optional random erasing (MixUp/CutMix act on batches, see ``train.engine``).
+    Works on the letterboxed uint8 crop: optional hard cases (``train.augment``: occluders
+    before the mouth, sunglasses, blur) and low resolution, then flip p=0.5, rotation 10
+    degrees, colour jitter 0.2/0.2/0.2, perspective 0.1 with p=0.3, a light random affine
+    (shift/scale), and optional random erasing (MixUp/CutMix act on batches, see
+    ``train.engine``).
     """
 
-    def __init__(self, meta, random_erasing=0.0, lowres=0.0):
+    def __init__(self, meta, random_erasing=0.0, lowres=0.0, occluders=0.0, sunglasses=0.0, blur=0.0):
         fill = list(pad_colour(meta["mean"]))
         self.lowres = lowres
+        self.hard = {"occluders": occluders, "sunglasses": sunglasses, "blur": blur}
         steps = [
             v2.RandomHorizontalFlip(0.5),
             v2.RandomRotation(10, fill=fill),
@@ -77,6 +81,9 @@ class TrainTransform:
         self.meta = meta
 
     def from_boxed(self, boxed):
+        if any(self.hard.values()):
+            # Seeded from torch, so that --seed and the DataLoader's worker seeds decide it too.
+            boxed = hard_cases(boxed, np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,)).item())), self.hard)
         if self.lowres and torch.rand(1).item() < self.lowres:
             boxed = degrade_resolution(boxed, int(torch.randint(12, 33, (1,)).item()))
         return self.pipeline(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))

@@ -11,10 +11,11 @@ import os
 import yaml
 
 from edge.errors import ConfigError
+from edge.infer import detect
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.yaml")
 
-DETECTORS = ("haar", "ssd", "retinaface")
+DETECTORS = tuple(detect.DETECTORS)  # one registry: a new detector is a choice here at once
 BACKENDS = ("auto", "trt", "ort")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -92,7 +93,10 @@ SCHEMA = [
       nullable=True),
     S("output.bitrate", "int", "--bitrate", "H.264 bit rate (kbit/s)", minimum=100),
     S("output.quality", "int", "--quality", "MJPEG quality", minimum=1, maximum=100),
-    S("output.token", "str", "--output-token", "HTTP output token", nullable=True),
+    S("output.http_token", "str", "--http-token", "token of http:// (MJPEG) outputs", nullable=True),
+    S("output.rtsp_user", "str", "--rtsp-user", "login name of rtsp:// outputs"),
+    S("output.rtsp_password", "str", "--rtsp-password", "password of rtsp:// outputs",
+      nullable=True),
     S("source.width", "int", "--width", "camera width", minimum=1, nullable=True),
     S("source.height", "int", "--height", "camera height", minimum=1, nullable=True),
     S("source.fps", "float", "--fps", "camera frame rate", minimum=0.1, nullable=True),
@@ -137,6 +141,10 @@ SCHEMA = [
     S("events.path", "str", "--events", "events JSON-lines file, '-' for stdout", nullable=True),
     S("events.flush_every", "int", "--events-flush-every", "flush events every N frames",
       minimum=1),
+    S("events.rotate_mb", "float", "--events-rotate-mb", "rotate the events file at this size (MiB)",
+      minimum=0.0),
+    S("events.keep", "int", "--events-keep", "rotated events files kept", minimum=1),
+    S("events.compress", "bool", "--events-compress", "gzip rotated events files"),
     S("events.save_faces", "bool", "--save-faces", "store a crop of each classified face"),
     S("events.faces_dir", "str", "--faces-dir", "folder of saved face crops"),
     S("events.mqtt", "str", "--mqtt", "MQTT broker, mqtt(s)://[USER:PASS@]HOST[:PORT]/PREFIX",
@@ -181,6 +189,14 @@ SCHEMA = [
 del S
 BY_KEY = dict((s.key, s) for s in SCHEMA)
 
+# Settings that were renamed or split: an old config gets this message, not "unknown".
+RETIRED = {
+    "output.token": "output.token had two roles and is now two settings: output.http_token "
+                    "(the token of http:// MJPEG outputs) and output.rtsp_password (the password "
+                    "of rtsp:// outputs, user output.rtsp_user, default viewer); set the one(s) you "
+                    "mean (flags: --http-token, --rtsp-password)",
+}
+
 
 def read_yaml(path):
     """Read a YAML mapping from ``path``; a clear ConfigError when it is missing or invalid."""
@@ -209,6 +225,8 @@ def flatten(tree, source, prefix=""):
             flat.update(flatten(value, source, dotted + "."))
         elif dotted in BY_KEY:
             flat[dotted] = value
+        elif dotted in RETIRED:
+            raise ConfigError("%s: %s" % (source, RETIRED[dotted]))
         elif section:
             raise ConfigError("%s: %r is a section and needs a mapping of: %s"
                               % (source, dotted, ", ".join(k[len(dotted) + 1:] for k in section)))
@@ -273,12 +291,21 @@ def get(config, key):
     return node
 
 
+class _InOrderDumper(yaml.SafeDumper):
+    """A SafeDumper that keeps mappings in their own order, in PyYAML 3.12 and 6 alike.
+
+    PyYAML < 5.1 (JetPack 4.6's python3-yaml is 3.12) sorts every mapping and has no
+    ``sort_keys``; a mapping handed over as a list of pairs is never sorted.
+    """
+
+
+_InOrderDumper.add_representer(
+    dict, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", list(data.items())))
+
+
 def dump(config):
-    """The config as YAML text (for --print-config)."""
-    try:
-        return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
-    except TypeError:  # PyYAML < 5.1 (JetPack 4.6's python3-yaml) has no sort_keys
-        return yaml.safe_dump(config, default_flow_style=False)
+    """The config as YAML text (for --print-config), in the order of the defaults file."""
+    return yaml.dump(config, Dumper=_InOrderDumper, default_flow_style=False)
 
 
 def _parse_value(setting):
@@ -325,10 +352,14 @@ def add_arguments(parser, sections=None, exclude=()):
             group.add_argument(setting.flag, dest=dest, type=_parse_value(setting),
                                default=argparse.SUPPRESS,
                                metavar=setting.flag[2:].upper().replace("-", "_"), help=text)
+    if "output.http_token" not in exclude and (not sections or "output" in sections):
+        # Retired flags parse, so that their use gets RETIRED's message instead of argparse's.
+        parser.add_argument("--output-token", dest="output__token", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
 
 
 def overrides_from_args(args):
     """{dotted key: value} of the setting flags given on the command line."""
     given = vars(args)
-    return dict((s.key, given[s.key.replace(".", "__")]) for s in SCHEMA
-                if s.flag is not None and s.key.replace(".", "__") in given)
+    keys = [s.key for s in SCHEMA if s.flag is not None] + list(RETIRED)
+    return dict((key, given[key.replace(".", "__")]) for key in keys if key.replace(".", "__") in given)

@@ -98,6 +98,11 @@ class Health(object):
             self._state["fps"] = round((frames - self._fps_mark[1]) / elapsed, 2)
             self._fps_mark = (now, frames)
 
+    def fields(self):
+        """A copy of the fields reported so far (to carry them over to a new Health)."""
+        with self._lock:
+            return dict(self._state)
+
     def snapshot(self):
         """The health document: the fields plus status, age, uptime, pid, updated and time.
 
@@ -206,10 +211,12 @@ def verdict(doc, max_age, now=None):
                         % ("?" if updated is None else "%.0f" % (now - updated)))
     if problems:
         return False, "; ".join(problems)
+    # Healthy, but slower than it should be: say so (the owner reads this line).
+    degraded = "; classifier on %s: %s" % (doc.get("backend"), doc["fallback"]) if doc.get("fallback") else ""
     if last is None:
-        return True, "starting (source %s)" % doc.get("source_state")
-    return True, "ok: last frame %.1f s ago, %s fps, %s faces, source %s" % (
-        now - last, doc.get("fps"), doc.get("faces"), doc.get("source_state"))
+        return True, "starting (source %s)%s" % (doc.get("source_state"), degraded)
+    return True, "ok: last frame %.1f s ago, %s fps, %s faces, source %s%s" % (
+        now - last, doc.get("fps"), doc.get("faces"), doc.get("source_state"), degraded)
 
 
 def main(argv=None):

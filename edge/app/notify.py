@@ -15,9 +15,11 @@ Usage in the main loop::
         beat.beat()
     notify.stopping()
 """
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,14 @@ def stopping(status=None):
     return notify(message)
 
 
+def reloading(status=None):
+    """Tell systemd a reload started (READY=1 again when it is over)."""
+    message = "RELOADING=1"
+    if status:
+        message += "\nSTATUS=" + _one_line(status)
+    return notify(message)
+
+
 def status(text):
     """Set the one-line status shown by ``systemctl status``."""
     return notify("STATUS=" + _one_line(text))
@@ -138,3 +148,31 @@ class Heartbeat(object):
         if watchdog():
             self.sent += 1
         return True
+
+
+@contextlib.contextmanager
+def keepalive(limit=1800.0):
+    """Watchdog pings from a helper thread while a long step blocks the main loop.
+
+    For a reload, which may build a TensorRT engine for minutes: the step is finite, but
+    longer than WatchdogSec. The pings stop when the block ends or after ``limit``
+    seconds, so a step that hangs is still caught by the watchdog.
+    """
+    interval = watchdog_interval()
+    done = threading.Event()
+
+    def ping():
+        deadline = time.monotonic() + limit
+        while not done.wait(interval) and time.monotonic() < deadline:
+            watchdog()
+    thread = None
+    if interval:
+        thread = threading.Thread(target=ping, name="watchdog-keepalive")
+        thread.daemon = True
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if thread is not None:
+            thread.join()

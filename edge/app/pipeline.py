@@ -40,7 +40,8 @@ class Pipeline(object):
         self.analyzer, self.baseline = analyzer, baseline
         self.timer = analyzer.timer
         if baseline:
-            detect_every, classify_every, tracker = 1, 1, Tracker(vote=1)
+            detect_every, classify_every = 1, 1
+            tracker = Tracker(vote=1, next_id=tracker.next_id if tracker is not None else None)
         self.tracker = tracker if tracker is not None else Tracker()
         self.detect_every, self.classify_every = int(detect_every), int(classify_every)
         self.draw, self.blur, self.scene_cut = draw, blur, float(scene_cut)
@@ -57,6 +58,15 @@ class Pipeline(object):
         self._last_time = self._frame_time = None
         self._last_error_log = None
         self._errors_unlogged = 0
+
+    def adopt(self, previous, same_scene=True):
+        """Carry on from ``previous`` (the pipeline this one replaces on a reload): its
+        counters and frame rate, and with ``same_scene`` (same input) its detector timing."""
+        for name in ("frames", "errors", "faces_seen", "cuts", "fps", "frame_size", "_last_time",
+                     "_frame_time"):
+            setattr(self, name, getattr(previous, name))
+        if same_scene:
+            self._since_detect, self._thumb = previous._since_detect, previous._thumb
 
     def process(self, image, index=None, pts=None):
         """Analyze one BGR frame, update tracks, draw and write it; returns its faces."""

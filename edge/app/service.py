@@ -3,21 +3,25 @@
 Loads the config (defaults < --config FILE < flags), the detector and classifier, opens
 the input and outputs, and runs the pipeline until the input ends or SIGINT/SIGTERM.
 On the way out it flushes and closes events and outputs (a video file plays to its last
-frame) and releases the camera; exit status 0. An image or a folder of images runs
-still-photo mode instead. Errors in the setup (a missing model, an absent camera, a bad
-setting) end with one clear line and status 1 (2 for a bad setting).
+frame) and releases the camera; exit status 0. SIGHUP (``systemctl reload``) reads the
+config file again between two frames and applies it (``VideoRun.reload``); a config that
+is invalid or cannot be applied is logged and the running one stays. An image or a
+folder of images runs still-photo mode instead. Errors in the setup (a missing model, an
+absent camera, a bad setting) end with one clear line and status 1 (2 for a bad setting).
 """
 import argparse
 import logging
 import os
 import sys
+import time
 
 from edge.app import config as cfg
 from edge.app import notify, photos
 from edge.app.assemble import VideoRun, is_photo_input
-from edge.app.pipeline import run
+from edge.app.events import new_run_id
+from edge.app.pipeline import run, summary
 from edge.app.signals import Stopper
-from edge.common import resolve_path
+from edge.common import redact, resolve_path
 from edge.errors import FAILURES, ConfigError, exit_status
 
 log = logging.getLogger("edge")
@@ -25,8 +29,10 @@ log = logging.getLogger("edge")
 EPILOG = """inputs: csi://0, v4l2:///dev/video0 (or /dev/video0), video.mp4 or file://...,
   rtsp://[user:pass@]host/stream, image.jpg, a folder of images, test://
 outputs: display://0, out.mp4 (.mkv .avi), rtsp://@:8554/out (this machine only;
-  rtsp://USER:PASS@0.0.0.0:8554/out to watch from others), http://@:8090/ (MJPEG), none
+  rtsp://USER:PASS@0.0.0.0:8554/out, or --rtsp-password, to watch from others),
+  http://@:8090/ (MJPEG; beyond localhost with ?token= or --http-token), none
 Every setting can also be set in a YAML file (--config); see edge/app/default_config.yaml.
+SIGHUP reads the --config file again and applies it (an invalid one is logged and ignored).
 """
 
 
@@ -71,22 +77,23 @@ def main(argv=None):
     if args.outputs:
         overrides["outputs"] = args.outputs
     setup_logging("info")
+    # SIGHUP from here on is a reload request, never the default (which would kill us).
+    stopper = Stopper(reload=True).install()
     try:
-        config = cfg.load(args.config, overrides)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    setup_logging(config["log_level"])
-    if args.print_config:
-        sys.stdout.write(cfg.dump(config))
-        return 0
-    if not config["input"]:
-        parser.error("an INPUT is needed (as the first argument or `input:` in --config)")
-    stopper = Stopper().install()
-    try:
+        try:
+            config = cfg.load(args.config, overrides)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
+        setup_logging(config["log_level"])
+        if args.print_config:
+            sys.stdout.write(cfg.dump(config))
+            return 0
+        if not config["input"]:
+            parser.error("an INPUT is needed (as the first argument or `input:` in --config)")
         if is_photo_input(config):
             return photos.run(config, stopper.is_set)
-        return serve(config, stopper)
+        return serve(config, stopper, lambda: cfg.load(args.config, overrides))
     except FAILURES as exc:
         log.error("%s", exc)
         return exit_status(exc)
@@ -94,24 +101,74 @@ def main(argv=None):
         stopper.restore()
 
 
-def serve(config, stopper):
-    """Run the video service until the input ends or ``stopper`` is set; returns 0."""
+def serve(config, stopper, reread=None):
+    """Run the video service until the input ends or ``stopper`` is set; returns 0.
+
+    ``reread()``: the configuration read again (file + flags) when SIGHUP asks for it.
+    """
     video = None
+    seconds = cpu = 0.0
     try:
-        video = VideoRun(config, should_stop=stopper.is_set)
-        log.info("detector %s, classifier %s (%s backend, classes %s)", config["detector"]["name"],
-                 resolve_path(config["classifier"]["model"]), video.analyzer.classifier.backend,
-                 ",".join(video.analyzer.classes))
+        video = VideoRun(config, should_stop=stopper.is_set, run_id=new_run_id())
+        _describe(video)
+        if video.health is not None:
+            video.health.update(reloads=0, last_reload=None)
         heartbeat = notify.Heartbeat()
-        notify.ready("processing %s" % config["input"])
-        result = run(video.pipeline, video.source, stopper.is_set, config["max_frames"], heartbeat,
-                     pending=video.first)
-        _report(result, stopper)
+        notify.ready("processing %s" % redact(config["input"]))
+        while True:
+            pending, video.first = video.first, []
+            result = run(video.pipeline, video.source, stopper.interrupted, video.config["max_frames"],
+                         heartbeat, pending=pending)
+            seconds, cpu = seconds + result["seconds"], cpu + (result["cpu_seconds"] or 0.0)
+            if not stopper.interrupted() or not stopper.take_reload():
+                break  # the input ended, max_frames, or a stop
+            _reload(video, reread)
+        _report(summary(video.pipeline, seconds, cpu), stopper)
     finally:
         notify.stopping("closing outputs")
         if video is not None:
             video.close()
     return 0
+
+
+def _describe(video):
+    """Log the models in use and put the backend (and why, after a fallback) in health."""
+    config, classifier = video.config, video.analyzer.classifier
+    log.info("run %s: detector %s, classifier %s (%s backend%s, classes %s)", video.run_id,
+             config["detector"]["name"], resolve_path(config["classifier"]["model"]), classifier.backend,
+             ", fallback: %s" % classifier.fallback if classifier.fallback else "",
+             ",".join(video.analyzer.classes))
+    if video.health is not None:
+        video.health.update(run=video.run_id, backend=classifier.backend, fallback=classifier.fallback)
+
+
+def _reload(video, reread):
+    """Read the configuration again and apply it; an invalid one is logged and changes nothing."""
+    notify.reloading("reloading the configuration")
+    record = {"time": time.time(), "frame": video.pipeline.frames}
+    try:
+        if reread is None:
+            raise ConfigError("this run has no configuration to read again")
+        config = reread()
+        if not config["input"]:
+            raise ConfigError("the reloaded configuration has no input")
+        with notify.keepalive():  # a new model may build a TensorRT engine for minutes
+            applied = video.reload(config)
+    except Exception as exc:  # noqa: whatever went wrong, the running configuration goes on
+        if isinstance(exc, FAILURES + (OSError,)):
+            log.error("reload failed, the running configuration stays: %s", exc)
+        else:
+            log.exception("reload failed, the running configuration stays")
+        record.update(ok=False, error="%s: %s" % (type(exc).__name__, exc))
+    else:
+        setup_logging(config["log_level"])
+        log.info("configuration reloaded: changed %s; kept %s", ", ".join(applied["changed"]) or "nothing",
+                 ", ".join(applied["kept"]) or "nothing")
+        record.update(ok=True, **applied)
+        _describe(video)
+    if video.health is not None:
+        video.health.update(reloads=video.reloads, last_reload=record)
+    notify.ready("processing %s" % redact(video.config["input"]))
 
 
 def _report(result, stopper):

@@ -7,8 +7,13 @@ here once: a face wearing its mask correctly (``mask``) is compliant; ``no_mask`
 """
 from edge.infer.model_meta import CLASS_NAMES
 
-# The one compliant label; every other class (no_mask, incorrect) is non-compliant.
-COMPLIANT = "mask"
+COMPLIANT = ("mask",)
+NON_COMPLIANT = ("no_mask", "incorrect")
+
+
+def is_compliant(label):
+    """True for a mask worn correctly, False for no mask or a mask worn wrong, None when unclassified."""
+    return None if label is None else label in COMPLIANT
 
 
 class Face(object):
@@ -27,6 +32,7 @@ class Face(object):
             "track": self.track,
             "box": [int(round(float(v))) for v in self.box],
             "label": self.label,
+            "compliant": is_compliant(self.label),
             "score": round(float(self.score), 3),
             "det_score": round(float(self.det_score), 3),
         }
@@ -41,12 +47,7 @@ def count_labels(faces):
     return counts
 
 
-def is_compliant(label):
-    """Whether a label is compliant (a mask worn correctly); None (unclassified) is not."""
-    return label == COMPLIANT
-
-
 def compliance(counts):
     """Fraction of classified faces (or people) wearing a mask correctly, or None without any."""
     total = sum(counts.values())
-    return counts.get(COMPLIANT, 0) / float(total) if total else None
+    return sum(counts.get(c, 0) for c in COMPLIANT) / float(total) if total else None

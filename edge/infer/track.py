@@ -33,7 +33,7 @@ def greedy_match(ious, threshold):
     if ious.size == 0:
         return pairs
     rows, cols = np.nonzero(ious >= threshold)
-    order = np.argsort(-ious[rows, cols], kind="stable")
+    order = np.argsort(-ious[rows, cols], kind="mergesort")  # stable; kind="stable" needs numpy 1.15
     used_rows, used_cols = set(), set()
     for k in order:
         r, c = int(rows[k]), int(cols[k])
@@ -77,12 +77,14 @@ class Track(object):
 class Tracker(object):
     """Greedy IoU tracker. ``update`` on frames the detector ran; ``tracks`` in between."""
 
-    def __init__(self, iou=0.3, max_missed=10, min_hits=1, vote=5):
+    def __init__(self, iou=0.3, max_missed=10, min_hits=1, vote=5, next_id=None):
         """iou: match threshold; max_missed: detector runs a track survives unmatched;
-        min_hits: matches before a track is reported; vote: classifications averaged."""
+        min_hits: matches before a track is reported; vote: classifications averaged;
+        next_id: a callable giving each new track its id (default 1, 2, 3, ...; the
+        service's ids continue across restarts, see ``edge.app.events.TrackIds``)."""
         self.iou, self.max_missed, self.min_hits, self.vote = iou, max_missed, min_hits, vote
         self.all = []
-        self._next_id = 1
+        self.next_id = next_id or _counter()
 
     def update(self, boxes, scores):
         """Match this frame's detections to tracks; returns the confirmed tracks seen now.
@@ -102,8 +104,7 @@ class Tracker(object):
         for c in range(len(boxes)):
             track = matched.get(c)
             if track is None:
-                track = Track(self._next_id, boxes[c], scores[c], self.vote)
-                self._next_id += 1
+                track = Track(self.next_id(), boxes[c], scores[c], self.vote)
                 self.all.append(track)
             else:
                 track.box = boxes[c]
@@ -121,3 +122,13 @@ class Tracker(object):
     def reset(self):
         """Forget every track (a new scene or a reopened source)."""
         self.all = []
+
+
+def _counter(start=1):
+    """1, 2, 3, ... on each call."""
+    state = [start - 1]
+
+    def next_id():
+        state[0] += 1
+        return state[0]
+    return next_id

@@ -34,8 +34,8 @@ class RtspSink(Sink):
         Sink.__init__(self, redact(uri))
         if not is_loopback(host) and not credentials:
             raise SinkError("output {} exposes the video beyond localhost: give it a login "
-                            "(rtsp://USER:PASSWORD@{}:{}{})".format(redact(uri), host, port,
-                                                                     path))
+                            "(rtsp://USER:PASSWORD@{}:{}{}, or set output.rtsp_password)".format(
+                                redact(uri), host, port, path))
         gst.init(SinkError)
         try:
             import gi
@@ -238,7 +238,8 @@ class MjpegSink(MjpegFeed):
         MjpegFeed.__init__(self, uri, quality)
         if not is_loopback(host) and not token:
             raise SinkError("output {} exposes the video beyond localhost: give it a token "
-                            "(http://{}:{}/?token=SECRET)".format(uri, host, port))
+                            "(http://{}:{}/?token=SECRET, or set output.http_token)".format(
+                                uri, host, port))
         self._token = token
         try:
             self._server = _HttpServer((host, port), _MjpegHandler)

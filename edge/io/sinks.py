@@ -7,8 +7,9 @@ caller's loop: a sink whose output fails (a full disk, a vanished display) logs 
 end of stream and plays to its last frame.
 
 Network outputs (edge.io.netsinks) bind 127.0.0.1 unless the URI names a host; exposed
-beyond localhost they require a login: `http://0.0.0.0:8090/?token=SECRET` (or the
-`token` option), `rtsp://USER:PASSWORD@0.0.0.0:8554/out` (or `token`, user "viewer").
+beyond localhost they require a credential, each its own: `http://0.0.0.0:8090/?token=SECRET`
+(or the `http_token` option) for MJPEG, `rtsp://USER:PASSWORD@0.0.0.0:8554/out` (or the
+`rtsp_password` option, user `rtsp_user`) for RTSP. A credential in the URI wins.
 """
 import logging
 import os
@@ -26,7 +27,8 @@ MUXERS = {".mp4": "mp4mux", ".mov": "mp4mux", ".mkv": "matroskamux", ".avi": "av
 # Fragmented MP4 (a fragment a second): a recording cut by a power loss or SIGKILL still
 # plays up to its last fragment instead of having no index at all.
 MUXER_PROPS = {"mp4mux": "fragment-duration=1000"}
-DEFAULTS = {"bitrate": 4000, "quality": 80, "token": None}  # kbit/s, JPEG quality
+DEFAULTS = {"bitrate": 4000, "quality": 80,  # kbit/s, JPEG quality
+            "http_token": None, "rtsp_user": "viewer", "rtsp_password": None}
 
 
 class NullSink(Sink):
@@ -163,13 +165,13 @@ def open_sink(uri, fps=None, **options):
         from edge.io.netsinks import RtspSink
         host, port, parts = _host_port(uri, 8554)
         login = (parts.username, parts.password or "") if parts.username else None
-        if opt["token"] and not login:
-            login = ("viewer", opt["token"])
+        if opt["rtsp_password"] and not login:
+            login = (opt["rtsp_user"] or "viewer", opt["rtsp_password"])
         return RtspSink(uri, host, port, parts.path or "/out", fps, opt["bitrate"], login)
     if uri.startswith("http://"):
         from edge.io.netsinks import MjpegSink
         host, port, parts = _host_port(uri, 8090)
-        token = opt["token"] or dict(parse_qs(parts.query)).get("token", [None])[-1]
+        token = dict(parse_qs(parts.query)).get("token", [None])[-1] or opt["http_token"]
         return MjpegSink(uri.split("?")[0], host, port, token, opt["quality"])
     if "://" in uri and not uri.startswith("file://"):
         raise SinkError("unknown output scheme in '{}': use display://0, a .mp4/.mkv/.avi "

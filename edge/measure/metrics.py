@@ -1,15 +1,21 @@
 """Detection + classification accuracy against annotated faces (used by ``edge.measure.evaluate``).
 
-- Face detection recall at IoU 0.5 and 0.3, whatever the label (a face the detector
-  misses is never classified), per ground-truth class and by face size (longest side
-  < 32, 32-64, >= 64 px); false positives per image (detections that match no face at
-  IoU 0.5).
-- Average precision at IoU 0.5 per class, PASCAL VOC style (all-point interpolation):
+Faces are matched to detections at IoU 0.5 by default (``iou``: 0.3 compares a data set
+whose boxes follow a looser convention); the result says which (``iou``).
+
+- Face detection recall at the matching IoU (``main``) and at 0.3 (``loose``), whatever
+  the label (a face the detector misses is never classified), per ground-truth class and by
+  face size (longest side < 32, 32-64, >= 64 px); false positives per image (detections
+  that match no face).
+- Average precision at the matching IoU per class, PASCAL VOC style (all-point interpolation):
   a detection counts for class c when its label is c, with score detector confidence x
   P(c); detections are matched greedily by score, a second detection of the same face is
-  a false positive. mAP is the mean over the classes asked for (mask, no_mask).
-- The confusion between classes on faces matched at IoU 0.5 (plus "missed").
-- ``face_ap``: AP at IoU 0.5 of the detector alone (any label, detector score): the
+  a false positive. mAP is the mean of the mask and no_mask APs (the published measure).
+- Compliance AP: the same for "non-compliant" (no_mask or incorrect, the seed's
+  definition): a detection counts when its label is not mask, with score detector
+  confidence x (1 - P(mask)); a two-class model is scored on incorrect faces this way too.
+- The confusion between classes on matched faces (plus "missed").
+- ``face_ap``: AP of the detector alone (any label, detector score): the
   ceiling a perfect classifier would bring the class APs to, which tells detector
   misses from classifier mistakes.
 """
@@ -17,11 +23,14 @@ import collections
 
 import numpy as np
 
+from edge.infer.faces import NON_COMPLIANT
 from edge.infer.track import iou_matrix  # one IoU for the service and its evaluation
 
 SIZE_BINS = (("<32", 0.0, 32.0), ("32-64", 32.0, 64.0), (">=64", 64.0, float("inf")))
 GT_CLASSES = ("mask", "no_mask", "incorrect")
-IOU_MAIN, IOU_LOOSE = 0.5, 0.3
+MAP_CLASSES = ("mask", "no_mask")
+COMPLIANCE = "non_compliant"
+IOU_MAIN, IOU_LOOSE = 0.5, 0.3  # the default matching threshold, and the loose one
 
 
 def size_bin(box):
@@ -44,7 +53,8 @@ def greedy_match(gt_boxes, det_boxes, det_scores, threshold):
     if not n_gt or not n_det:
         return gt_to_det, det_to_gt
     ious = iou_matrix(det_boxes, gt_boxes)
-    for d in np.argsort(-np.asarray(det_scores, np.float64), kind="stable"):
+    # mergesort: stable (ties keep input order) in numpy 1.13 too; kind="stable" needs 1.15.
+    for d in np.argsort(-np.asarray(det_scores, np.float64), kind="mergesort"):
         row = np.where(gt_to_det < 0, ious[d], -1.0)
         g = int(np.argmax(row))
         if row[g] >= threshold:
@@ -56,7 +66,7 @@ def average_precision(scores, true_positive, n_positive):
     """VOC all-point interpolated AP of ranked detections; None when there is no positive."""
     if n_positive <= 0:
         return None
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")  # stable, as above
     tp = np.asarray(true_positive, np.float64)[order]
     if not len(tp):
         return 0.0
@@ -77,17 +87,25 @@ def _ratio(hit, n):
 class Evaluation(object):
     """Accumulates images (truth + the service's faces) and reports the metrics above.
 
-    ``ap_classes``: the classes that get an AP (and whose mean is the mAP).
+    ``ap_classes``: the classes that get an AP (the model's); the compliance AP is added
+    when mask is one of them.
     """
 
-    def __init__(self, ap_classes=("mask", "no_mask")):
+    def __init__(self, ap_classes=("mask", "no_mask"), iou=IOU_MAIN):
         self.ap_classes = tuple(ap_classes)
+        # The matching threshold of recall, AP, false positives and confusion; a data set
+        # with another box convention (looser boxes) can be compared at 0.3.
+        self.iou = float(iou)
+        # Each ranked category: the labels it stands for (detections and truth alike).
+        self.categories = collections.OrderedDict((c, (c,)) for c in self.ap_classes)
+        if "mask" in self.ap_classes:
+            self.categories[COMPLIANCE] = NON_COMPLIANT
         self.n_images = 0
         self.n_detections = 0
         self.false_positives = 0
         # counts[(gt class, size bin, iou)] = [hits, faces]
         self.counts = collections.defaultdict(lambda: [0, 0])
-        self.ranked = dict((c, []) for c in self.ap_classes)  # (score, is true positive)
+        self.ranked = dict((c, []) for c in self.categories)  # (score, is true positive)
         self.faces_ranked = []  # (detector score, is true positive) whatever the label
         self.positives = collections.Counter()
         self.confusion = collections.defaultdict(collections.Counter)
@@ -107,14 +125,14 @@ class Evaluation(object):
         self.n_detections += len(det_boxes)
         bins = [size_bin(b) for b in gt_boxes]
         main = None
-        for iou in (IOU_MAIN, IOU_LOOSE):
+        for iou in sorted({self.iou, IOU_LOOSE}, reverse=True):  # once when they are equal
             gt_to_det, det_to_gt = greedy_match(gt_boxes, det_boxes, det_scores, iou)
             for g, label in enumerate(gt_labels):
                 for key in ((label, bins[g], iou), ("all", bins[g], iou)):
                     cell = self.counts[key]
                     cell[0] += int(gt_to_det[g] >= 0)
                     cell[1] += 1
-            if iou == IOU_MAIN:
+            if iou == self.iou:
                 main = gt_to_det
                 self.false_positives += int((det_to_gt < 0).sum())
                 self.faces_ranked.extend(zip(det_scores.tolist(), (det_to_gt >= 0).tolist()))
@@ -125,47 +143,48 @@ class Evaluation(object):
             self.confusion[label]["missed" if d < 0 else predicted or "unclassified"] += 1
             if d < 0 or (predicted != label and label in classes):
                 wrong.append((g, d, predicted))
-        for c in self.ap_classes:
-            self._rank(c, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes)
+        for name, labels in self.categories.items():
+            self._rank(name, labels, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes)
         return wrong
 
-    def _rank(self, c, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes):
-        """Add this image's detections labelled ``c`` to the ranking of class ``c``."""
-        mine = [i for i, lab in enumerate(det_labels) if lab == c and det_probs[i] is not None]
-        positives = [i for i, lab in enumerate(gt_labels) if lab == c]
-        self.positives[c] += len(positives)
+    def _rank(self, name, labels, gt_boxes, gt_labels, det_boxes, det_scores, det_labels, det_probs, classes):
+        """Add this image's detections labelled one of ``labels`` to the ranking of ``name``."""
+        mine = [i for i, lab in enumerate(det_labels) if lab in labels and det_probs[i] is not None]
+        positives = [i for i, lab in enumerate(gt_labels) if lab in labels]
+        self.positives[name] += len(positives)
         if not mine:
             return
-        k = list(classes).index(c)
-        scores = np.array([det_scores[i] * float(det_probs[i][k]) for i in mine], np.float64)
+        columns = [k for k, c in enumerate(classes) if c in labels]
+        scores = np.array([det_scores[i] * float(np.sum(det_probs[i][columns])) for i in mine], np.float64)
         # Matching within one image in score order is what VOC's global ranking does to it.
-        _, det_to_gt = greedy_match(gt_boxes[positives], det_boxes[mine], scores, IOU_MAIN)
-        self.ranked[c].extend(zip(scores.tolist(), (det_to_gt >= 0).tolist()))
+        _, det_to_gt = greedy_match(gt_boxes[positives], det_boxes[mine], scores, self.iou)
+        self.ranked[name].extend(zip(scores.tolist(), (det_to_gt >= 0).tolist()))
 
     def recall(self):
-        """{gt class or 'all': {n, iou50, iou30, by_size: {bin: {n, iou50, iou30}}, ge32}}."""
+        """{gt class or 'all': {n, main, loose, by_size: {bin: {n, main, loose}}, ge32}}: recall at the
+        matching threshold (``main``) and at 0.3 (``loose``)."""
         out = collections.OrderedDict()
         for label in ("all",) + GT_CLASSES:
             entry = collections.OrderedDict()
             by_size = collections.OrderedDict()
-            totals = {IOU_MAIN: [0, 0], IOU_LOOSE: [0, 0]}
+            totals = {self.iou: [0, 0], IOU_LOOSE: [0, 0]}
             large = [0, 0]
             for name, _, _ in SIZE_BINS:
-                cell50 = self.counts.get((label, name, IOU_MAIN), [0, 0])
+                cell50 = self.counts.get((label, name, self.iou), [0, 0])
                 cell30 = self.counts.get((label, name, IOU_LOOSE), [0, 0])
-                by_size[name] = {"n": cell50[1], "iou50": _ratio(*cell50), "iou30": _ratio(*cell30)}
-                for iou, cell in ((IOU_MAIN, cell50), (IOU_LOOSE, cell30)):
+                by_size[name] = {"n": cell50[1], "main": _ratio(*cell50), "loose": _ratio(*cell30)}
+                for iou, cell in dict(((IOU_LOOSE, cell30), (self.iou, cell50))).items():
                     totals[iou][0] += cell[0]
                     totals[iou][1] += cell[1]
                 if name != SIZE_BINS[0][0]:
                     large[0] += cell50[0]
                     large[1] += cell50[1]
-            if not totals[IOU_MAIN][1] and label != "all":
+            if not totals[self.iou][1] and label != "all":
                 continue
-            entry["n"] = totals[IOU_MAIN][1]
-            entry["iou50"] = _ratio(*totals[IOU_MAIN])
-            entry["iou30"] = _ratio(*totals[IOU_LOOSE])
-            entry["ge32"] = {"n": large[1], "iou50": _ratio(*large)}
+            entry["n"] = totals[self.iou][1]
+            entry["main"] = _ratio(*totals[self.iou])
+            entry["loose"] = _ratio(*totals[IOU_LOOSE])
+            entry["ge32"] = {"n": large[1], "main": _ratio(*large)}
             entry["by_size"] = by_size
             out[label] = entry
         return out
@@ -173,17 +192,19 @@ class Evaluation(object):
     def result(self):
         """Everything as one JSON-ready dict (see the module docstring)."""
         ap = collections.OrderedDict()
-        for c in self.ap_classes:
-            ranked = self.ranked[c]
-            value = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.positives[c])
-            ap[c] = None if value is None else round(value, 4)
-        known = [v for v in ap.values() if v is not None]
-        n_faces = sum(self.counts.get(("all", b, IOU_MAIN), [0, 0])[1] for b, _, _ in SIZE_BINS)
+        for name in self.categories:
+            ranked = self.ranked[name]
+            value = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.positives[name])
+            ap[name] = None if value is None else round(value, 4)
+        compliance_ap = ap.pop(COMPLIANCE, None)
+        known = [ap[c] for c in MAP_CLASSES if ap.get(c) is not None]
+        n_faces = sum(self.counts.get(("all", b, self.iou), [0, 0])[1] for b, _, _ in SIZE_BINS)
         face_ap = average_precision([s for s, _ in self.faces_ranked],
                                     [t for _, t in self.faces_ranked], n_faces)
         confusion = collections.OrderedDict(
             (label, dict(self.confusion[label])) for label in GT_CLASSES if label in self.confusion)
         return collections.OrderedDict([
+            ("iou", {"main": self.iou, "loose": IOU_LOOSE}),
             ("n_images", self.n_images),
             ("n_faces", n_faces),
             ("n_detections", self.n_detections),
@@ -191,6 +212,7 @@ class Evaluation(object):
             ("fp_per_image", round(self.false_positives / float(self.n_images), 4) if self.n_images else None),
             ("ap", ap),
             ("map", round(sum(known) / len(known), 4) if known else None),
+            ("compliance_ap", compliance_ap),
             ("face_ap", None if face_ap is None else round(face_ap, 4)),
             ("confusion", confusion),
         ])

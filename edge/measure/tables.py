@@ -28,6 +28,12 @@ def pct(value):
     return "-" if value is None else "%.1f%%" % (100.0 * value)
 
 
+def _iou(result):
+    """The matching thresholds as short text: ('.5', '.3')."""
+    thresholds = result.get("iou") or {"main": 0.5, "loose": 0.3}
+    return tuple(("%g" % thresholds[k]).lstrip("0") for k in ("main", "loose"))
+
+
 def evaluation_text(result):
     """The report of one evaluation: recall by class and size, FP/image, AP, confusion, targets."""
     out = ["%s + %s on %s%s (%s): %d images, %d faces, %d detections, %.1f ms/image\n" % (
@@ -37,21 +43,24 @@ def evaluation_text(result):
     rows = []
     for label, r in result["recall"].items():
         sizes = r["by_size"]
-        rows.append([label, r["n"], pct(r["iou50"]), pct(r["iou30"])] +
-                    ["%s (%d)" % (pct(sizes[b]["iou50"]), sizes[b]["n"]) for b in sizes] +
-                    [pct(r["ge32"]["iou50"])])
+        rows.append([label, r["n"], pct(r["main"]), pct(r["loose"])] +
+                    ["%s (%d)" % (pct(sizes[b]["main"]), sizes[b]["n"]) for b in sizes] +
+                    [pct(r["ge32"]["main"])])
     sizes = list(next(iter(result["recall"].values()))["by_size"])
+    iou, loose = _iou(result)
     out.append("\nface detection recall (any label), by true class and face size (longest side):\n")
-    out.append(table(["class", "faces", "IoU.5", "IoU.3"] + ["%s px @.5" % s for s in sizes] +
-                     [">=32 @.5"], rows))
-    out.append("\nfalse positives per image (IoU .5): %.3f\n" % result["fp_per_image"])
+    out.append(table(["class", "faces", "IoU" + iou, "IoU" + loose] + ["%s px @%s" % (s, iou) for s in sizes] +
+                     [">=32 @" + iou], rows))
+    out.append("\nfalse positives per image (IoU %s): %.3f\n" % (iou, result["fp_per_image"]))
     ap = ", ".join("%s %.3f" % (c, v) for c, v in result["ap"].items() if v is not None)
-    out.append("AP@.5 (score = detector x class probability): %s; mAP %s; face AP (detector "
-               "alone, any label) %s\n" % (ap or "-", _cell(result["map"]), _cell(result["face_ap"])))
+    out.append("AP@" + iou + " (score = detector x class probability): %s; mAP (mask, no_mask) %s; "
+               "compliance AP (non-compliant = no_mask or incorrect) %s; face AP (detector alone, "
+               "any label) %s\n" % (ap or "-", _cell(result["map"]), _cell(result.get("compliance_ap")),
+                                     _cell(result["face_ap"])))
     columns = list(result["classes"]) + ["unclassified", "missed"]
     rows = [[label] + [counts.get(c, 0) for c in columns]
             for label, counts in result["confusion"].items()]
-    out.append("\nconfusion on faces matched at IoU .5 (rows: truth, columns: service label):\n")
+    out.append("\nconfusion on faces matched at IoU %s (rows: truth, columns: service label):\n" % iou)
     out.append(table(["truth \\ label"] + columns, rows))
     out.append("\ntargets: " + "; ".join(
         "%s %s (goal %s) %s" % (k, pct(t["value"]), pct(t["goal"]), "met" if t["met"] else "NOT met")
@@ -68,16 +77,18 @@ def comparison_table(results):
         rec = r["recall"]["all"]
         sizes = rec["by_size"]
         rows.append(["%s + %s" % (r["detector"], os.path.basename(r["model"])),
-                     pct(rec["iou50"]), pct(rec["iou30"])] +
-                    [pct(sizes[b]["iou50"]) for b in sizes] +
-                    [pct(rec["ge32"]["iou50"]), r["fp_per_image"]] +
-                    [r["ap"].get(c) for c in ("mask", "no_mask")] +
-                    [r["map"], r["face_ap"], r["ms_per_image"]])
+                     pct(rec["main"]), pct(rec["loose"])] +
+                    [pct(sizes[b]["main"]) for b in sizes] +
+                    [pct(rec["ge32"]["main"]), r["fp_per_image"]] +
+                    [r["ap"].get(c) for c in ("mask", "no_mask", "incorrect")] +
+                    [r["map"], r.get("compliance_ap"), r["face_ap"], r["ms_per_image"]])
     sizes = list(results[0]["recall"]["all"]["by_size"])
-    head = "%d images, %d faces (%s)\n" % (results[0]["n_images"], results[0]["n_faces"],
-                                           results[0]["input"])
-    return head + table(["detector + model", "rec@.5", "rec@.3"] + ["%spx" % s for s in sizes] +
-                        [">=32px", "FP/img", "AP mask", "AP no_mask", "mAP", "face AP", "ms/img"], rows)
+    iou, loose = _iou(results[0])
+    head = "%d images, %d faces (%s), matched at IoU %s\n" % (results[0]["n_images"], results[0]["n_faces"],
+                                                             results[0]["input"], iou)
+    return head + table(["detector + model", "rec@" + iou, "rec@" + loose] + ["%spx" % s for s in sizes] +
+                        [">=32px", "FP/img", "AP mask", "AP no_mask", "AP incorr.", "mAP", "compl. AP",
+                         "face AP", "ms/img"], rows)
 
 
 def _stage_rows(stages):

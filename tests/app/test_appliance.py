@@ -275,6 +275,7 @@ def test_unit_is_a_notify_service_with_watchdog_and_sandbox():
     assert int(s["StartLimitBurst"][0]) >= 3 and s["RestartPreventExitStatus"] == ["2"]
     assert {"char-video4linux rw", "char-nvhost-* rw", "/dev/nvmap rw"} <= set(s["DeviceAllow"])
     assert s["ExecStart"] == [PREFIX + "/.venv/bin/python -m edge --config /etc/maskgate/config.yaml"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the service reloads, never dies of it
 
 
 def test_install_layout_is_the_same_everywhere():
@@ -286,7 +287,12 @@ def test_install_layout_is_the_same_everywhere():
     cfg = edge.app.config.load(os.path.join(ROOT, "systemd", "maskgate.yaml"))  # validated
     assert cfg["health"]["file"] == "/run/maskgate/health.json"  # RuntimeDirectory=maskgate
     assert cfg["classifier"]["engine_cache"].startswith("/var/lib/maskgate/")  # StateDirectory
-    assert cfg["events"]["path"] in read("systemd", "maskgate.logrotate")
+    assert cfg["events"]["path"].startswith("/var/lib/maskgate/")  # StateDirectory
+    # The service rotates its events itself: no logrotate (its copytruncate lost lines),
+    # and an upgrade removes the one an older version installed.
+    assert not os.path.exists(os.path.join(ROOT, "systemd", "maskgate.logrotate"))
+    assert "rm -f /etc/logrotate.d/maskgate" in script
+    assert not re.search(r"^\s*(install|cp) .*logrotate", script, re.M)
     entry = '["%s/.venv/bin/python", "-m", "edge", "--config", "/etc/maskgate/config.yaml"]' % PREFIX
     for name in ("Dockerfile.jetson", "Dockerfile.cpu"):
         dockerfile = read("docker", name)

@@ -134,6 +134,7 @@ def test_still_photo_mode_on_a_folder(tmp_path, model_path):
     for faces in result.values():
         for face in faces:
             assert face["label"] in ("mask", "no_mask", "incorrect") and len(face["box"]) == 4
+            assert face["compliant"] is (face["label"] == "mask")
     for name in names:
         assert (out / name).stat().st_size > 1000
     assert "skipping" in done.stderr and "broken.jpg" in done.stderr

@@ -124,3 +124,19 @@ def test_help_shows_every_default_and_commands_show_only_what_acts():
     assert "--health-http" in bench and "--mqtt" in bench  # their cost is measured
     for absent in ("--health-file", "--log-level", "--headless"):
         assert absent not in bench, absent
+
+
+def test_the_retired_output_token_says_what_replaced_it(tmp_path):
+    """output.token was both the MJPEG token and the RTSP password: an old config is told which
+    setting now holds which, from the file and from the old flag alike."""
+    old = tmp_path / "old.yaml"
+    old.write_text("output:\n  token: s3cret\n")
+    for attempt in (lambda: config.load(str(old)), lambda: config.load(overrides=parse(["--output-token", "x"]))):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        text = str(err.value)
+        assert "output.http_token" in text and "output.rtsp_password" in text and "unknown" not in text
+    both = config.load(overrides=parse(["--http-token", "a", "--rtsp-password", "b", "--rtsp-user", "cam"]))
+    assert (both["output"]["http_token"], both["output"]["rtsp_password"], both["output"]["rtsp_user"]) == \
+        ("a", "b", "cam")
+    assert config.defaults()["output"]["rtsp_user"] == "viewer"

@@ -42,6 +42,8 @@ def test_boxes_are_coloured_by_class_and_the_hud_is_drawn():
     assert counts["mask"] + counts["no_mask"] + counts["incorrect"] == len(faces)
     assert compliance(counts) == pytest.approx(counts["mask"] / float(len(faces)))
     assert compliance(count_labels([])) is None
+    # A mask worn wrong counts against compliance like no mask at all.
+    assert compliance({"mask": 3, "no_mask": 0, "incorrect": 1}) == 0.75
 
 
 def test_read_only_frame_is_copied_not_written():
@@ -70,6 +72,7 @@ def test_blur_pixelates_faces_only():
 
 def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
     _, faces = real_scene()
+    faces.append(Face(np.array([40, 40, 60, 62], np.float32), 0.7, None, "incorrect", 0.8, 99))
     faces.append(Face(np.array([1, 1, 9, 9], np.float32), 0.6))  # not classified: left out
     path = str(tmp_path / "sub" / "events.jsonl")
     writer = EventWriter(path, flush_every=2)
@@ -83,16 +86,18 @@ def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
     lines = [json.loads(line) for line in io.open(path, encoding="utf-8")]
     assert [line["frame"] for line in lines] == [0, 1, 2]
     for line in lines:
-        assert {"time", "frame", "faces", "counts"} <= set(line)
+        assert {"time", "run", "frame", "faces", "counts"} <= set(line)
         stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         assert abs((datetime.datetime.utcnow() - stamp).total_seconds()) < 60
         assert set(line["counts"]) == {"mask", "no_mask", "incorrect"}
         assert sum(line["counts"].values()) == len(line["faces"])
         for face in line["faces"]:
             assert face["label"] in ("mask", "no_mask", "incorrect")
+            assert face["compliant"] is (face["label"] == "mask")  # incorrect is non-compliant
             assert 0 <= face["score"] <= 1 and isinstance(face["track"], int)
             assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
     assert len(lines[0]["faces"]) == len(faces) - 1
+    assert lines[0]["counts"]["incorrect"] == 1 and lines[0]["faces"][-1]["compliant"] is False
     assert lines[1]["pts"] == 0.1
 
 

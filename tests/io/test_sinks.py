@@ -283,6 +283,36 @@ def test_rtsp_login_is_enforced():
         feeder.stop()
 
 
+def test_rtsp_password_and_http_token_settings_are_each_their_own_credential():
+    """output.rtsp_password logs RTSP viewers in (user output.rtsp_user) and does nothing for
+    MJPEG; output.http_token guards MJPEG and does nothing for RTSP."""
+    from edge.errors import SourceError
+    with pytest.raises(SinkError, match="give it a login .*output.rtsp_password"):
+        open_sink("rtsp://0.0.0.0:0/out", http_token="s3cret")
+    with pytest.raises(SinkError, match="give it a token .*output.http_token"):
+        open_sink("http://0.0.0.0:0/", rtsp_password="s3cret")
+    mjpeg = open_sink("http://0.0.0.0:0/", http_token="t0k")
+    try:
+        assert not mjpeg.authorized("/", {}) and mjpeg.authorized("/?token=t0k", {})
+    finally:
+        mjpeg.close()
+    feeder = Feeder(open_sink("rtsp://127.0.0.1:0/out", fps=25, rtsp_user="cam", rtsp_password="pw"),
+                    np.full((48, 64, 3), 90, np.uint8))
+    try:
+        url = "rtsp://127.0.0.1:%d/out" % feeder.sink.port
+        with pytest.raises(SourceError, match="Unauthorized"):
+            open_source(url.replace("rtsp://", "rtsp://viewer:pw@"))
+        source = open_source(url.replace("rtsp://", "rtsp://cam:pw@"), latency=0)
+        deadline = time.monotonic() + 10
+        frame = None
+        while frame is None and time.monotonic() < deadline:
+            frame = source.read(timeout=0.5)
+        source.close()
+        assert frame is not None
+    finally:
+        feeder.stop()
+
+
 def test_a_bad_frame_is_skipped_not_fatal(tmp_path):
     path = str(tmp_path / "bad.mkv")
     sink = open_sink(path, fps=10)

@@ -132,14 +132,19 @@ def test_missing_element_names_it_and_its_package():
         open_source("csi://0")
 
 
+def random_bytes(seed, n):
+    """random.Random(seed).randbytes(n) (Python 3.9) in a way Python 3.6 has (nano-check runs this)."""
+    return random.Random(seed).getrandbits(n * 8).to_bytes(n, "little")
+
+
 def test_garbage_and_interrupted_recordings_fail_clearly(tmp_path):
     data = open(data_path(*VIDEO), "rb").read()
     garbage = tmp_path / "garbage.mkv"
-    garbage.write_bytes(random.Random(0).randbytes(50000))
+    garbage.write_bytes(random_bytes(0, 50000))
     with pytest.raises(SourceError, match="Could not determine type"):
         open_source(str(garbage))
     # These random bytes type-find as LRC subtitles: no video, said at once (no timeout).
-    garbage.write_bytes(random.Random(131).randbytes(50000))
+    garbage.write_bytes(random_bytes(131, 50000))
     with pytest.raises(SourceError, match="no video stream that can be decoded"):
         open_source(str(garbage), open_timeout=30)
     # The shared file keeps its index (moov) at the end, like a recording cut short.

@@ -14,6 +14,7 @@ from conftest import data_path, require_detectors
 from edge.app import config as cfg
 from edge.app import pipeline as pl
 from edge.app.assemble import build_analyzer, build_ops, build_pipeline
+from edge.app.events import TrackIds
 from edge.errors import ModelError
 from edge.infer.track import iou_matrix
 from edge.io.sources import open_source
@@ -41,7 +42,8 @@ def counted(model_path):
         return call
     hub.people.observe = recording(hub.people.observe)
     hub.people.finish = recording(hub.people.finish)
-    pipeline = build_pipeline(config, analyzer, ops=hub)
+    ids = TrackIds()  # in memory: 1, 2, 3, ...; ids.next - 1 tracks were made
+    pipeline = build_pipeline(config, analyzer, ops=hub, next_id=ids)
     source = open_source(video)
     try:
         pl.run(pipeline, source)
@@ -51,7 +53,7 @@ def counted(model_path):
         analyzer.classifier.close()
     with open(video[:-len(".mp4")] + ".json") as f:
         truth = json.load(f)["frames"]
-    return persons, truth, pipeline, hub
+    return persons, truth, pipeline, hub, ids
 
 
 def match(persons, truth, min_iou=0.3):
@@ -70,9 +72,9 @@ def match(persons, truth, min_iou=0.3):
 
 @pytest.mark.slow
 def test_each_track_is_one_person_counted_once(counted):
-    persons, truth, pipeline, hub = counted
+    persons, truth, pipeline, hub, ids = counted
     assert pipeline.frames == len(truth) == 400
-    tracks = pipeline.tracker._next_id - 1
+    tracks = ids.next - 1
     # Every track ended (the run is over) and was either counted once or discarded.
     assert len(persons) + hub.people.discarded == tracks
     assert len(set(p.track for p in persons)) == len(persons)
@@ -85,7 +87,7 @@ def test_each_track_is_one_person_counted_once(counted):
 
 @pytest.mark.slow
 def test_counted_people_are_the_annotated_faces_with_their_labels(counted):
-    persons, truth, _, hub = counted
+    persons, truth, _, hub, _ = counted
     matched = match(persons, truth)
     # Most annotated faces are found (the detector's recall, 78 % on kaggle853 test)...
     assert len(matched) >= 0.8 * 198

@@ -146,7 +146,7 @@ def test_health_page_and_stream_on_one_server(service):
 
 def test_the_stream_encodes_only_while_watched_at_its_own_rate(service):
     run = service(0, **{"source.loop": True, "web.stream_fps": 5})
-    feed = [s for s in run.sinks if s.uri == "page:/stream.mjpg"][0]
+    feed = [s for s in run.ops_sinks if s.uri == "page:/stream.mjpg"][0]
     time.sleep(1.0)
     assert run.pipeline.frames > 5
     assert feed.encoded == 0 and feed.frames == 0   # nobody watching: not even drawn for it

@@ -149,3 +149,56 @@ def test_face_crop_frames_whole_images_like_the_edge_and_caches(tmp_path, monkey
     monkeypatch.setattr("edge.infer.detect.create_detector", lambda *a, **k: pytest.fail("detected again"))
     again = facecrop.find_faces(samples, "retinaface", data.Hygiene(), cache_dir=cache, show=False)
     assert again == kept
+
+
+def test_three_classes_are_read_from_all_four_sources():
+    """Every source of the three-class recipe through the one reader, with the counts its README gives."""
+    expected = {"kaggle853": {"mask": 3231, "no_mask": 718, "incorrect": 123},
+                "moxa3k": {"mask": 5904, "no_mask": 2238},
+                "bijoy_webcam": {"mask": 796, "no_mask": 1016, "incorrect": 486},
+                "fmd": {"mask": 2164, "no_mask": 1930}}
+    for name, counts in expected.items():
+        samples = data.load_source(data_path(name))
+        assert dict(collections.Counter(s.label for s in samples)) == counts, name
+        assert {s.source for s in samples} == {name}
+
+
+def _synthetic_set(tmp_path, faces=3):
+    """A made-up synthesized set: per face, 1 mask and 2 incorrect images and a manifest row each."""
+    bare = data_path("fmd", "without_mask")
+    root = tmp_path / "synth"
+    rows = ["file,label,placement,group"]
+    for label in ("mask", "incorrect"):
+        (root / label).mkdir(parents=True)
+    for k, name in enumerate(sorted(os.listdir(bare))[:faces]):
+        for label, variants in (("mask", 1), ("incorrect", 2)):
+            for v in range(variants):
+                rel = "%s/face%d_%d.jpg" % (label, k, v)
+                rgb = np.asarray(Image.open(os.path.join(bare, name)).convert("RGB")).copy()
+                channel = v + (1 if label == "incorrect" else 0)
+                rgb[:, :, channel] = 255 - rgb[:, :, channel]  # distinct bytes: not exact duplicates
+                Image.fromarray(rgb).save(str(root / rel))
+                rows.append("%s,%s,x,face%d" % (rel, label, k))
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_train_only_sources_and_weights(tmp_path):
+    """A webcam set's near-copies and a synthesized face's variants count as one face each;
+    train-only sets never reach val or test; synthesized faces make up the asked share."""
+    root = _write_tree(tmp_path)
+    synth = _synthetic_set(tmp_path)
+    samples, _ = data.prepare([str(root)], ["mask", "no_mask", "incorrect"], train_only=[str(synth)],
+                              synthetic_share=0.25)
+    made = [s for s in samples if s.source == "synth"]
+    assert len(made) == 9 and {s.split for s in made} == {"train"}
+    assert {s.group for s in made} == {"face0", "face1", "face2"}  # from the manifest
+    real_mask = sum(s.weight for s in samples if s.split == "train" and s.label == "mask" and s.source != "synth")
+    synth_mask = sum(s.weight for s in made if s.label == "mask")
+    assert synth_mask / (synth_mask + real_mask) == pytest.approx(0.25)
+    # incorrect has no real faces here: its synthesized faces keep one weight per face and variant group
+    assert sum(s.weight for s in made if s.label == "incorrect") == pytest.approx(3.0)
+    copies = [s for s in samples if s.group != s.path and s.source == "set"]  # near-copy groups of fmd
+    for s in copies:
+        size = sum(1 for o in samples if (o.source, o.group, o.label) == (s.source, s.group, s.label))
+        assert s.weight == pytest.approx(1.0 / size)

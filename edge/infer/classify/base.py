@@ -22,6 +22,7 @@ class Classifier(object):
     """
 
     backend = None
+    fallback = None  # why this backend was used instead of the one asked for (None: as asked)
 
     def predict(self, batch):
         """Class probabilities (N, C) float32 for a float32 NCHW batch, in chunks of ``max_batch``."""

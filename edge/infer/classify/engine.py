@@ -10,6 +10,7 @@ Python 3.6: it runs on the Jetson.
 """
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -185,26 +186,80 @@ def build_verified(onnx_path, engine_path, images, log=_log.info, **build_option
         raise
 
 
+def failure_path(engine_path):
+    """Where a failed build of ``engine_path`` is remembered (``ENGINE.failed``, JSON)."""
+    return engine_path + ".failed"
+
+
 def ensure_engine(onnx_path, cache_dir, max_batch=DEFAULT_MAX_BATCH, precision="fp16",
                   workspace_mb=DEFAULT_WORKSPACE_MB, verify_images=None, log=_log.info):
     """The cached engine for this model, TensorRT, GPU, precision and max batch; built on first use.
 
     A new engine is checked against onnxruntime on ``verify_images`` (``(name, rgb)`` face
-    crops) before it is cached; one that fails is deleted and BuildError raised.
+    crops) before it is cached; one that fails is deleted and BuildError raised. A failed
+    build is remembered beside it (``failure_path``): later starts raise BuildError at once
+    instead of spending minutes on the same failure (the file's name holds every fact the
+    build depends on, so a new model or JetPack tries again; deleting it does too). Two
+    processes sharing the cache (two cameras) build one at a time: the second reuses the
+    first's engine.
     """
     trt, cuda = import_tensorrt(), import_pycuda()
     sha, gpu = sha256(onnx_path), gpu_name(cuda)
     path = cached_engine_path(onnx_path, cache_dir, sha, trt.__version__, gpu, precision, max_batch)
-    if os.path.isfile(path):
-        try:
-            info = check_sidecar(read_sidecar(path), trt.__version__, gpu, path)
-            if info["onnx_sha256"] == sha:
-                return path
-        except ModelError as exc:
-            log("engine cache: %s; rebuilding" % exc)
     if not os.path.isdir(cache_dir):
         os.makedirs(cache_dir)
-    log("engine cache: building %s (once per model and device; minutes on a Nano)" % os.path.basename(path))
-    build_verified(onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,
-                   workspace_mb=workspace_mb)
+    with _build_lock(path + ".lock", log):
+        if os.path.isfile(path):
+            try:
+                info = check_sidecar(read_sidecar(path), trt.__version__, gpu, path)
+                if info["onnx_sha256"] == sha:
+                    return path
+            except ModelError as exc:
+                log("engine cache: %s; rebuilding" % exc)
+        failed = _read_failure(path)
+        if failed is not None:
+            raise BuildError("this engine failed before (%s: %s); not trying again: delete %s to retry"
+                             % (failed.get("time"), failed.get("error"), failure_path(path)))
+        log("engine cache: building %s (once per model and device; minutes on a Nano)" % os.path.basename(path))
+        try:
+            build_verified(onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,
+                           workspace_mb=workspace_mb)
+        except Exception as exc:  # noqa: remembered whatever it was, then raised as it was
+            _remember_failure(path, exc)
+            raise
     return path
+
+
+def _read_failure(path):
+    try:
+        with open(failure_path(path)) as f:
+            return json.load(f)
+    except (OSError, IOError):
+        return None
+    except ValueError:
+        return {"error": "unreadable record", "time": "?"}
+
+
+def _remember_failure(path, exc):
+    text = " ".join(("%s: %s" % (type(exc).__name__, exc)).split())[:600]
+    try:
+        atomic_write(failure_path(path), json.dumps(
+            {"error": text, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    except OSError as err:
+        _log.warning("cannot record the failed build in %s: %s", failure_path(path), err)
+
+
+@contextlib.contextmanager
+def _build_lock(path, log):
+    """An exclusive lock on ``path`` (flock) for as long as the block runs."""
+    import fcntl
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (OSError, IOError):
+            log("engine cache: another process is building this engine; waiting for it")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -13,6 +13,8 @@ DEFAULT_DIR = os.path.join(PACKAGE_ROOT, "models", "detectors")
 ENV_DIR = "MASKGATE_DETECTORS"
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
+# MTCNN's P-, R- and O-Net, exported from PyTorch by `python -m export.mtcnn` (not by edge.provision).
+MTCNN_FILES = ("mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx")
 # Where OpenCV keeps its cascades: pip wheels expose cv2.data; JetPack's OpenCV 4.1.1
 # (and distribution packages) install them under share/.
 HAAR_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/local/share/opencv4/haarcascades",
@@ -24,12 +26,15 @@ def default_models_dir():
     return os.environ.get(ENV_DIR) or DEFAULT_DIR
 
 
-def model_file(models_dir, filename, detector):
-    """Path of a provisioned detector file, or ModelError saying how to provision it."""
+def model_file(models_dir, filename, detector, command=None):
+    """Path of a provisioned detector file, or ModelError saying how to provision it.
+
+    ``command``: what makes the file when ``make models`` does not (default: make models).
+    """
     path = os.path.join(models_dir, filename)
     if not os.path.isfile(path):
-        raise ModelError("%s detector file %s is missing: run `make models` "
-                         "(python -m edge.provision --dest %s)" % (detector, path, models_dir))
+        how = command or "run `make models` (python -m edge.provision --dest %s)" % models_dir
+        raise ModelError("%s detector file %s is missing: %s" % (detector, path, how))
     return path
 
 
