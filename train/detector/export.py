@@ -33,9 +33,12 @@ OUTPUTS = ("loc", "conf", "landmarks")
 
 def metadata_props(meta, checkpoint_path):
     """The ONNX metadata (str -> str) of a checkpoint's ``meta``."""
+    # Only the sets trained on bind the model (the first checkpoints listed the sets only
+    # evaluated on beside them; train_args says which were trained on).
+    trained_on = [os.path.basename(os.path.normpath(d)) for d in meta["train_args"].get("data") or []]
     training = {source: {"folder": e.get("folder"), "licence": e.get("licence"), "scenes": e.get("scenes"),
-                         "faces": e.get("faces")} for source, e in meta["training_data"].items()}
-    trained_on = [s for s in meta["train_args"].get("data") or []]
+                         "faces": e.get("faces")} for source, e in meta["training_data"].items()
+                if source in trained_on}
     props = {
         "maskgate_model": "face-detector",
         "arch": meta["arch"],
@@ -46,7 +49,7 @@ def metadata_props(meta, checkpoint_path):
         "anchors": json.dumps(meta["anchors"]),
         "variances": ",".join("%g" % v for v in meta["anchors"]["variances"]),
         "box_convention": json.dumps(meta["box_convention"]),
-        "trained_on": json.dumps([os.path.basename(os.path.normpath(d)) for d in trained_on]),
+        "trained_on": json.dumps(trained_on),
         "training_data": json.dumps(training),
         "licences": "; ".join("%s: %s" % (s, e["licence"]) for s, e in training.items()),
         "init": json.dumps(meta["init"]),
