@@ -14,14 +14,15 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install system-deps weights models train demo evaluate bench test lint soak clean
+.PHONY: help install install-edge system-deps weights models mtcnn train demo evaluate bench test lint soak clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
 	@echo "make test     run the test suite"
 	@echo "make train    train the default classifier (see README: model card)"
 	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
-	@echo "make models   provision the face-detector files (checked by sha256)"
+	@echo "make models   provision the face-detector files (checked by sha256; MTCNN's where torch is)"
+	@echo "make mtcnn    export MTCNN's three nets to ONNX (needs torch; copy them to a device)"
 	@echo "make evaluate end-to-end accuracy on the kaggle853 test scenes"
 	@echo "make bench    edge-bench on the demo video, with the one-at-a-time baseline"
 	@echo "make soak     20-minute soak: memory and descriptors of the running service"
@@ -30,49 +31,65 @@ help:
 system-deps:
 	@./scripts/install-system-deps.sh
 
-$(VENV)/.installed: pyproject.toml | system-deps
+# What the service needs (numpy, OpenCV, PyYAML, onnxruntime, PyGObject): no torch.
+$(VENV)/.edge-installed: pyproject.toml | system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[ort,gst]"
+	touch $@
+
+# Everything: training (torch), export and the test tools on top.
+$(VENV)/.installed: $(VENV)/.edge-installed
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q -e ".[train,export,ort,gst,dev]"
 	touch $@
 
+install-edge: $(VENV)/.edge-installed
 install: $(VENV)/.installed
 
 weights: install
 	$(PY) -m train.weights
 
-models: install
+# MTCNN's files are exported from PyTorch weights, so only where torch is installed (`make
+# install`); the edge-only install (`make demo`) provisions the others and says so.
+models: install-edge
 	$(PY) -m edge.provision
+	@if $(PY) -c "import torch, onnx" 2>/dev/null; then $(PY) -m export.mtcnn \
+	  || echo "mtcnn: export failed (above); the other detectors are provisioned"; \
+	else echo "mtcnn: not exported here (no torch): run \`make mtcnn\` on a workstation and copy models/detectors/mtcnn_*.onnx"; fi
+
+# Nothing happens when the three files are current (python -m export.mtcnn --force redoes them).
+mtcnn: install
+	$(PY) -m export.mtcnn
 
 train: install weights models  # models: the detectors that --face-crop uses
 	$(PY) -m train --config train/configs/default.yaml
 
-demo: install models
+demo: install-edge models
 	mkdir -p $(OUT)
 	$(PY) -m edge $(DEMO_INPUT) $(OUT)/demo.mp4 --events $(OUT)/demo.jsonl --headless
 
 # End-to-end accuracy on the kaggle853 test scenes, every detector compared.
-evaluate: install models
+evaluate: install-edge models
 	$(PY) -m edge.evaluate $(DATA)/kaggle853 --split test --detector retinaface,ssd,haar --misses $(OUT)/misses.png
 
 # Speed of the demo configuration against one-face-at-a-time classification.
 bench: install models
 	mkdir -p $(OUT)
-	$(VENV)/bin/edge-bench $(DEMO_INPUT) $(OUT)/bench.mp4 --events $(OUT)/bench.jsonl --baseline
+	$(VENV)/bin/edge-bench $(DEMO_INPUT) $(OUT)/bench.mp4 --events $(OUT)/bench.jsonl --vs-baseline
 
-test: install weights models lint
+test: install weights models mtcnn lint
 	$(PY) -m pytest -q
 
 # What runs on the Nano (edge/, the torch-free part of export/) must parse as Python 3.6.
-NANO_CODE := edge scripts/soak.py export/__init__.py export/trt.py export/calibrate.py export/samples.py export/onnx_meta.py export/parity.py
+NANO_CODE := edge scripts/soak.py export/__init__.py export/trt.py export/samples.py
 lint: install
 	$(VENV)/bin/vermin -q --no-tips -t=3.6- --violations $(NANO_CODE)
 	shellcheck scripts/*.sh
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.jetson
 
 MINUTES ?= 20
-soak: install models
+soak: install-edge models
 	$(PY) scripts/soak.py --minutes $(MINUTES)
 
 clean:

@@ -11,18 +11,18 @@ with false positives per image. Per-class recall (mask / no_mask) shows what eac
 detector misses.
 """
 import argparse
-import csv
-import json
 import os
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from edge.detect import create_detector  # noqa: E402
+from edge.infer.detect import create_detector  # noqa: E402
+from edge.infer.track import iou_matrix  # noqa: E402
+from edge.measure.metrics import greedy_match  # noqa: E402
+from edge.measure.truth import read_video_truth, read_voc  # noqa: E402
 
 # name -> (detector, options)
 CONFIGS = {
@@ -38,45 +38,22 @@ CONFIGS = {
     "retina@480": ("retinaface", {"input_size": 480}),
     "retina@640x2t": ("retinaface", {"input_size": 640, "threads": 2}),
     "retina@640raw": ("retinaface", {"input_size": 640, "box_adjust": None}),
+    # MTCNN's pyramid starts at 12 / min_size of the frame (min_size 10 here: 1.2x); its
+    # cost follows min_size (in frame pixels), not input_size.
+    "mtcnn": ("mtcnn", {}),
+    "mtcnn@min8": ("mtcnn", {"min_size": 8}),
+    "mtcnn@min20": ("mtcnn", {"min_size": 20}),
+    "mtcnn@2t": ("mtcnn", {"threads": 2}),
+    "mtcnn@raw": ("mtcnn", {"box_adjust": None}),
 }
-LABELS = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
-
-
-def read_voc(path):
-    """[(label, [x1, y1, x2, y2])] of a PASCAL VOC annotation file."""
-    faces = []
-    for obj in ET.parse(path).getroot().iter("object"):
-        bb = obj.find("bndbox")
-        box = [float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
-        faces.append((LABELS.get(obj.find("name").text, obj.find("name").text), box))
-    return faces
-
-
-def iou_matrix(a, b):
-    """IoU of every box of ``a`` (Nx4) with every box of ``b`` (Mx4)."""
-    a, b = np.asarray(a, np.float32).reshape(-1, 4), np.asarray(b, np.float32).reshape(-1, 4)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def match(truth_boxes, boxes, threshold=0.5):
-    """Greedy matching, detections best first: (truth matched flags, false positives)."""
-    hit = np.zeros(len(truth_boxes), bool)
-    if not len(truth_boxes) or not len(boxes):
-        return hit, len(boxes)
-    ious = iou_matrix(boxes, truth_boxes)
-    fp = 0
-    for row in ious:  # boxes come sorted by score from detect()
-        row = np.where(hit, -1, row)
-        j = int(np.argmax(row))
-        if row[j] >= threshold:
-            hit[j] = True
-        else:
-            fp += 1
-    return hit, fp
+    """Greedy matching, detections best first (edge.measure.metrics'): (truth matched flags, false positives)."""
+    scores = -np.arange(len(boxes), dtype=np.float32)  # boxes come sorted by score from detect()
+    gt_to_det, det_to_gt = greedy_match(np.asarray(truth_boxes, np.float32).reshape(-1, 4),
+                                        np.asarray(boxes, np.float32).reshape(-1, 4), scores, threshold)
+    return gt_to_det >= 0, int((det_to_gt < 0).sum())
 
 
 class Tally(object):
@@ -100,12 +77,9 @@ class Tally(object):
 
 
 def scenes(data, split="test"):
-    """[(image, faces)] of one kaggle853 split (splits.csv)."""
-    rows = list(csv.DictReader(open(os.path.join(data, "kaggle853", "splits.csv"))))
-    root = os.path.join(data, "kaggle853")
-    return [(cv2.imread(os.path.join(root, "images", r["image"])),
-             read_voc(os.path.join(root, "annotations", os.path.splitext(r["image"])[0] + ".xml")))
-            for r in rows if r["split"] == split]
+    """[(image, [(label, box)])] of one kaggle853 split (splits.csv)."""
+    return [(cv2.imread(s.path), list(zip(s.labels, s.boxes.tolist())))
+            for s in read_voc(os.path.join(data, "kaggle853"), split)]
 
 
 def fit_box_adjust(detector, items):
@@ -128,7 +102,7 @@ def fit_box_adjust(detector, items):
 
 def video_frames(data, every=10, offset=5):
     """(frame, truth) of one frame per scene of the test video, read with OpenCV."""
-    truth = json.load(open(os.path.join(data, "videos", "kaggle853_test_scenes.json")))["frames"]
+    _, truth, _ = read_video_truth(os.path.join(data, "videos", "kaggle853_test_scenes.json"))
     cap = cv2.VideoCapture(os.path.join(data, "videos", "kaggle853_test_scenes.mp4"))
     out, index = [], 0
     while True:
@@ -136,8 +110,7 @@ def video_frames(data, every=10, offset=5):
         if not ok:
             break
         if index % every == offset:
-            faces = [(LABELS.get(o["label"], o["label"]), o["box"]) for o in truth[index]["objects"]]
-            out.append((frame, faces))
+            out.append((frame, list(zip(truth[index].labels, truth[index].boxes.tolist()))))
         index += 1
     cap.release()
     return out

@@ -24,6 +24,7 @@ def gflops(checkpoint_path):
     """GFLOPs of one forward pass of one face."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     from train.checkpoint import load_model
     model, meta = load_model(checkpoint_path)
     with FlopCounterMode(display=False) as counter:

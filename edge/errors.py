@@ -19,3 +19,16 @@ class ConfigError(ValueError):
 
 class ModelError(RuntimeError):
     """A model file is missing, unreadable, or its metadata does not match."""
+
+
+class MetadataError(ModelError, ValueError):
+    """Model metadata is missing or does not describe a usable model."""
+
+
+# What a command reports in one line instead of a traceback.
+FAILURES = (ConfigError, SourceError, SinkError, ModelError)
+
+
+def exit_status(exc):
+    """A command's exit status for a failure: 2 for a bad setting (restarting cannot fix it), else 1."""
+    return 2 if isinstance(exc, ConfigError) else 1

@@ -1,7 +1,7 @@
 """``python -m export.onnx CHECKPOINT``: a training checkpoint -> a verified, self-describing ONNX model.
 
 The graph: input ``input`` float32 NCHW with a dynamic ``batch`` axis, output ``probs``
-(softmax inside the graph; with ``--flip``, the mean of the face's and its mirror image's
+(softmax inside the graph; with ``--tta-flip``, the mean of the face's and its mirror image's
 probabilities, metadata ``tta_flip: true``), opset 13 (the newest TensorRT 8.2 on JetPack 4.6 parses),
 simplified by onnxslim to plain operators and passed through ``onnx.checker``. The
 checkpoint's metadata travels in ``metadata_props`` with the checkpoint's sha256 and the
@@ -25,11 +25,12 @@ import onnx
 import torch
 from torch import nn
 
-from export.onnx_meta import MetadataError, file_sha256, read_onnx_metadata  # noqa: F401 (API)
-from export.parity import compare, describe
+from edge.common import sha256
+from edge.infer.classify.onnx_meta import MetadataError, read_onnx_metadata  # noqa: F401 (API)
+from edge.infer.classify.parity import compare, describe
+from edge.infer.model_meta import to_string_props
 from export.samples import verification_images
 from train.checkpoint import CheckpointError, load_model
-from train.metadata import to_string_props
 from train.transforms import eval_transform
 
 OPSET = 13
@@ -127,7 +128,7 @@ def add_metadata(model, meta, checkpoint):
     props = dict(json.loads(json.dumps(meta, default=_plain)))
     props.update({
         "source_checkpoint": os.path.basename(checkpoint),
-        "source_sha256": file_sha256(checkpoint),
+        "source_sha256": sha256(checkpoint),
         "export_tools": {"torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxslim": onnxslim.__version__, "onnxruntime": onnxruntime.__version__,
                          "opset": OPSET},
@@ -240,7 +241,7 @@ def export_onnx(checkpoint, out, verify_images=None, fp16=False, limit=48, flip=
     finally:
         _remove(tmp)
     report = {
-        "onnx": out, "sha256": file_sha256(out), "bytes": os.path.getsize(out), "opset": OPSET,
+        "onnx": out, "sha256": sha256(out), "bytes": os.path.getsize(out), "opset": OPSET,
         "nodes": len(model.graph.node), "ops": sorted({n.op_type for n in model.graph.node}),
         "parity": stats, "images": len(images), "seconds": round(time.time() - started, 2), "fp16": None,
         "tta_flip": bool(flip),
@@ -265,14 +266,14 @@ def main(argv=None):
     parser.add_argument("--fp16", action="store_true",
                         help="also write OUT.fp16.onnx (FP16 weights, float32 I/O), checked to |dprob| <= %g "
                              "and no confident top class flipped" % FP16_TOL)
-    parser.add_argument("--flip", action="store_true",
+    parser.add_argument("--tta-flip", action="store_true",
                         help="test-time flip inside the graph: average each face with its mirror image "
                              "(twice the compute per face)")
     args = parser.parse_args(argv)
     out = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
     print("exporting %s -> %s (opset %d)" % (args.checkpoint, out, OPSET), flush=True)
     try:
-        report = export_onnx(args.checkpoint, out, args.verify, fp16=args.fp16, limit=args.images, flip=args.flip)
+        report = export_onnx(args.checkpoint, out, args.verify, fp16=args.fp16, limit=args.images, flip=args.tta_flip)
     except (CheckpointError, MetadataError, ExportError, FileNotFoundError, ImportError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1

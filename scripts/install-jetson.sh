@@ -157,7 +157,7 @@ install_config() {
   step "configuration $CONF_DIR"
   install -d -m 0750 -g "$SVC_USER" "$CONF_DIR"
   # The documented defaults, for reference; the service reads only config.yaml.
-  install -m 0644 "$repo/edge/default_config.yaml" "$CONF_DIR/config.default.yaml"
+  install -m 0644 "$repo/edge/app/default_config.yaml" "$CONF_DIR/config.default.yaml"
   if [ -e "$CONF_DIR/config.yaml" ]; then
     install -m 0640 -g "$SVC_USER" "$repo/systemd/maskgate.yaml" "$CONF_DIR/config.yaml.new"
     echo "kept $CONF_DIR/config.yaml; the shipped one is $CONF_DIR/config.yaml.new"

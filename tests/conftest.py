@@ -5,6 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("MASKGATE_DATA", os.path.join(ROOT, "..", "shared", "data"))
+SHIPPED = os.path.join(ROOT, "models", "mask_classifier.onnx")
 
 
 def data_path(*parts):
@@ -13,6 +14,22 @@ def data_path(*parts):
     if not os.path.exists(path):
         pytest.skip("shared data not found at %s (set MASKGATE_DATA to its folder)" % path)
     return path
+
+
+def require_detectors():
+    """Skip the calling test when the detector files are not provisioned."""
+    from edge.infer.detectors.files import default_models_dir
+    if not os.path.isfile(os.path.join(default_models_dir(), "retinaface_mnet025.onnx")):
+        pytest.skip("detector files not provisioned: run `make models`")
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """The shipped classifier when it is there, else a tiny real ONNX made here."""
+    if os.path.isfile(SHIPPED):
+        return SHIPPED
+    from helpers import tiny_classifier_onnx
+    return tiny_classifier_onnx(str(tmp_path_factory.mktemp("model") / "tiny.onnx"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """``python -m train``: train a mask classifier and write a checkpoint and its report.
 
-Example (the shipped default model, see README): ``python -m train --config train/configs/default.yaml``.
+``python -m train`` alone trains the shipped default model's recipe (``train/configs/default.yaml``,
+see docs/model-card.md); flags override it, ``--config FILE`` replaces it.
 """
 import argparse
 import json
@@ -13,36 +14,50 @@ import numpy as np
 import torch
 import yaml
 
-from train import checkpoint, data, metadata, report
-from train import facecrop
+from edge.infer import model_meta
+from train import checkpoint, data, facecrop, report
 from train.engine import FaceDataset, evaluate, fit, make_loader
 from train.models import ARCHS, build_model, normalization, set_trainable
 from train.transforms import EvalTransform, TrainTransform
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Train a face-mask classifier.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these options (flags override it)")
-    p.add_argument("--data", action="append", help="data root (class folders, SF-MASK or VOC scenes); repeatable")
+    p.add_argument("--config", help="YAML file whose keys are these options (flags override it); "
+                   "default: train/configs/default.yaml, the shipped model's recipe")
+    p.add_argument("--data", action="append", help="data root (class folders, SF-MASK or VOC scenes); "
+                   "repeatable; replaces the config's data")
+    p.add_argument("--train-data", action="append",
+                   help="data root used for training only, never for val or test (a single-person webcam "
+                        "set, a synthesized set); repeatable; replaces the config's train_data")
+    p.add_argument("--synthetic-share", type=float, default=0.3,
+                   help="share of each class's training weight that synthesized faces (a --train-data set "
+                        "with a manifest.csv) make up")
     p.add_argument("--classes", default="mask,no_mask", help="classes in output order")
     p.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHS))
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH")
     p.add_argument("--freeze", default="none", help="none | head | N (train the last N blocks + head)")
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--crop-margin", type=float, default=0.15, help="face-box margin on each side for scene crops")
-    p.add_argument("--min-size", type=int, default=8, help="exclude faces/images whose shorter side is smaller")
+    p.add_argument("--min-size", type=int, default=8,
+                   help="exclude faces whose longest side is smaller (px; as the edge detector's --min-size)")
     p.add_argument("--face-crop", default="none", choices=facecrop.CHOICES,
                    help="crop whole images (folder data) to the face this detector finds, as the edge "
                         "service does; scene annotations keep their boxes")
     p.add_argument("--subset", type=float, default=1.0, help="train on this stratified share of the data")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epoch-samples", type=int, default=0,
+                   help="samples drawn per epoch by their weight, with replacement (0: every sample once, "
+                        "weighted in the loss)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--class-weights", default="balanced", choices=["balanced", "none"],
-                   help="weight the loss by inverse class frequency (balanced) or not")
+    p.add_argument("--class-weights", default="balanced", choices=["balanced", "sqrt", "none"],
+                   help="weight the loss by inverse class frequency (balanced), its square root (sqrt) or not")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.998) and evaluate, select and ship it; 0 disables")
@@ -50,6 +65,10 @@ def get_args_parser():
     p.add_argument("--lowres", type=float, default=0.0,
                    help="probability of degrading a training crop to a 12-32 px face and back")
     p.add_argument("--mix", default="none", choices=["none", "mixup", "cutmix"])
+    p.add_argument("--occluders", type=float, default=0.0,
+                   help="probability of a hand, phone or sheet of paper drawn before the mouth (label kept)")
+    p.add_argument("--sunglasses", type=float, default=0.0, help="probability of drawn sunglasses")
+    p.add_argument("--blur", type=float, default=0.0, help="probability of defocus or motion blur")
     p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
     p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=False,
@@ -76,24 +95,39 @@ def get_args_parser():
 
 
 def parse_args(argv=None):
-    """Flags over the YAML config over the defaults; unknown config keys are errors."""
+    """Flags over the YAML config over the defaults; unknown config keys are errors.
+
+    Without ``--config`` the shipped recipe (``train/configs/default.yaml``) is the config;
+    ``--data`` on the command line replaces the config's data instead of adding to it.
+    """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.config:
-        with open(args.config) as f:
+    given_data, given_train_data = args.data, args.train_data
+    path = args.config or DEFAULT_CONFIG
+    if not os.path.isfile(path):
+        parser.exit(2, "error: config file not found: %s\n" % path)
+    with open(path) as f:
+        try:
             config = yaml.safe_load(f) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(k for k in config if k.replace("-", "_") not in known)
-        if unknown:
-            parser.error("%s: unknown keys %s; known: %s" % (args.config, unknown, sorted(known - {"help"})))
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
-        args = parser.parse_args(argv)
+        except yaml.YAMLError as exc:
+            parser.exit(2, "error: %s is not valid YAML: %s\n" % (path, " ".join(str(exc).split())))
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in config if k.replace("-", "_") not in known)
+    if unknown:
+        parser.exit(2, "error: %s: unknown keys %s; known: %s\n" % (path, unknown, sorted(known - {"help"})))
+    parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
+    args = parser.parse_args(argv)
+    args.config = path
+    if given_data:  # data given on the command line replace the config's, both kinds
+        args.data, args.train_data = given_data, given_train_data
+    elif given_train_data:
+        args.train_data = given_train_data
     if not args.data:
         parser.error("give at least one --data folder (or data: in --config)")
     args.classes = [c.strip() for c in args.classes.split(",")] if isinstance(args.classes, str) else list(args.classes)
-    bad = [c for c in args.classes if c not in metadata.CLASS_NAMES]
+    bad = [c for c in args.classes if c not in model_meta.CLASS_NAMES]
     if bad:
-        parser.error("--classes: unknown %s; accepted %s" % (bad, list(metadata.CLASS_NAMES)))
+        parser.error("--classes: unknown %s; accepted %s" % (bad, list(model_meta.CLASS_NAMES)))
     return args
 
 
@@ -111,7 +145,9 @@ def build_datasets(samples, meta, args):
     """
     by_split = {s: [x for x in samples if x.split == s] for s in data.SPLITS}
     train_set = FaceDataset(by_split["train"], meta["classes"], meta,
-                            TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres))
+                            TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres,
+                                           occluders=args.occluders, sunglasses=args.sunglasses, blur=args.blur),
+                            weighted=True)
     evaluation = EvalTransform(meta)
     sets = {}
     for split in ("val", "test"):
@@ -131,14 +167,16 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.split_seed, args.subset, args.crop_margin,
-                                    facecrop.detector_name(args.face_crop))
+    samples, hygiene = data.prepare(args.data, args.classes, args.min_size, args.split_seed, args.subset,
+                                    facecrop.detector_name(args.face_crop), args.train_data or (),
+                                    args.synthetic_share)
     summary = data.summarize(samples)
     print(hygiene)
     print("data: %s" % json.dumps(summary["splits"]))
+    print("training weight by source and class: %s" % json.dumps(summary["train_weight"]))
     mean, std = normalization(args.arch)
     train_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
-    meta = metadata.make_metadata(args.arch, args.classes, (args.input_size, args.input_size), mean, std,
+    meta = model_meta.make_metadata(args.arch, args.classes, (args.input_size, args.input_size), mean, std,
                                   args.crop_margin, train_args=train_args,
                                   data_summary=dict(summary, hygiene=hygiene.summary()))
     train_set, val_set, test_sets = build_datasets(samples, meta, args)
@@ -190,7 +228,7 @@ def cli(argv=None):
     from edge.errors import ConfigError, ModelError
     try:
         return main(argv)
-    except (data.DataError, checkpoint.CheckpointError, metadata.MetadataError, ConfigError,
+    except (data.DataError, checkpoint.CheckpointError, model_meta.MetadataError, ConfigError,
             ModelError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2

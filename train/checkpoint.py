@@ -1,6 +1,6 @@
 """Self-describing checkpoints: weights plus the metadata contract and the training record.
 
-A checkpoint is a dict with ``format``, ``meta`` (``train.metadata``: arch, classes,
+A checkpoint is a dict with ``format``, ``meta`` (``edge.infer.model_meta``: arch, classes,
 input size, resize, mean/std, crop margin), ``model_state``, and for resuming
 ``optimizer_state``, ``scheduler_state``, ``epoch``, ``history``, ``args``. ``meta`` also
 holds ``train_args``, ``data_summary`` and ``metrics``, so exported models carry them too.
@@ -10,7 +10,7 @@ import tempfile
 
 import torch
 
-from train import metadata
+from edge.infer import model_meta
 from train.models import build_model
 
 FORMAT = "maskgate-checkpoint/1"
@@ -51,8 +51,8 @@ def read(path):
     if missing:
         raise CheckpointError("%s is missing %s" % (path, ", ".join(missing)))
     try:
-        metadata.validate(payload["meta"], source=path)
-    except metadata.MetadataError as exc:
+        model_meta.validate(payload["meta"], source=path)
+    except model_meta.MetadataError as exc:
         raise CheckpointError(str(exc)) from exc
     return payload
 

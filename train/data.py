@@ -12,25 +12,30 @@ a group (scene or near-duplicate group: what must never straddle two splits).
 import collections
 import csv
 import hashlib
+import json
 import os
 import random
-import xml.etree.ElementTree as ET
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-CLASS_SYNONYMS = {
-    "with_mask": "mask", "mask": "mask", "compliant": "mask",
-    "without_mask": "no_mask", "no_mask": "no_mask", "nomask": "no_mask", "non-compliant": "no_mask",
-    "mask_weared_incorrect": "incorrect", "with_incorrect_mask": "incorrect", "incorrect": "incorrect",
-}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+from edge.measure import truth
+from edge.measure.truth import CLASS_SYNONYMS
+from train.images import dhash, read_rgb
+
 # PIL's format name -> the extensions that honestly name it
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}}
 SPLITS = ("train", "val", "test")
+# What the hygiene pass learnt of each file (decoding a data set takes minutes), by path,
+# size and modification time.
+HYGIENE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "maskgate", "hygiene.json")
 
-Sample = collections.namedtuple("Sample", "path box label split group source")
+# weight: how much the sample counts in training (``assign_weights``); 1 unless said otherwise.
+Sample = collections.namedtuple("Sample", "path box label split group source weight", defaults=(1.0,))
+# A folder data set with this file is synthesized (``python -m train.maskwear``): its rows
+# name each image's group (the target face), and it is only ever trained on.
+MANIFEST = "manifest.csv"
 
 
 class DataError(ValueError):
@@ -67,30 +72,37 @@ class Hygiene:
         return "hygiene: " + ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
 
 
-def read_rgb(path, hygiene=None):
-    """Decode any image to an HxWx3 uint8 RGB array; alpha, gray, palette and CMYK converted.
+class _Recorder:
+    """Collects the hygiene notes of one file, so that they can be cached and replayed."""
 
-    Transparent pixels are composited on white, so a PNG cut-out does not become a
-    black-background tell that only one class has.
-    """
-    with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-            if hygiene is not None:
-                hygiene.note("converted_alpha_to_rgb", path)
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        elif mode in ("L", "I", "I;16", "F", "1") and hygiene is not None:
-            hygiene.note("converted_gray_to_rgb", path)
-        elif mode == "CMYK" and hygiene is not None:
-            hygiene.note("converted_cmyk_to_rgb", path)
-        return np.asarray(im.convert("RGB"))
+    def __init__(self):
+        self.notes = []
+
+    def note(self, reason, path):
+        self.notes.append(reason)
+
+
+def inspect_cached(path, hygiene, cache):
+    """``inspect_file`` through ``cache`` ({key: [result, notes]}), keyed on the file's path,
+    size and modification time: a second run (a study of many runs) skips the decoding."""
+    try:
+        stat = os.stat(path)
+        key = "%s|%d|%d" % (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is None or key not in cache:
+        recorder = _Recorder()
+        result = inspect_file(path, recorder)
+        if key is not None:
+            cache[key] = [list(result) if result else None, recorder.notes]
+    result, notes = cache[key] if key is not None else (result, recorder.notes)
+    for reason in notes:
+        hygiene.note(reason, path)
+    return tuple(result) if result else None
 
 
 def inspect_file(path, hygiene):
-    """Check one file; return (sha256, width, height) or None when it must be excluded."""
+    """Check one file; return (sha256, width, height, dhash) or None when it must be excluded."""
     try:
         size = os.path.getsize(path)
     except OSError:
@@ -114,12 +126,20 @@ def inspect_file(path, hygiene):
     return digest, rgb.shape[1], rgb.shape[0], dhash(rgb)
 
 
-def dhash(rgb):
-    """64-bit difference hash: survives re-encoding, resizing and mild colour changes."""
-    import cv2
-    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
-    bits = (gray[:, 1:] > gray[:, :-1]).flatten()
-    return int(np.packbits(bits).view(">u8")[0])
+def _load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 
 def near_duplicate_groups(paths, hashes, max_distance=4):
@@ -146,8 +166,26 @@ def _list_files(folder):
     return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
 
 
+def manifest_groups(root):
+    """{image path: group} from a synthesized set's ``manifest.csv`` ({} for other sets)."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        return {os.path.join(root, row["file"]): row["group"] for row in csv.DictReader(f)}
+
+
+def is_synthetic(root):
+    """Whether ``root`` is a synthesized data set (it has a ``manifest.csv``)."""
+    return os.path.isfile(os.path.join(root, MANIFEST))
+
+
 def read_class_folders(root, split=None, source=None):
-    """Samples of a folder-per-class tree (``root/<class>/*``); any file is a candidate."""
+    """Samples of a folder-per-class tree (``root/<class>/*``); any file is a candidate.
+
+    A synthesized set's manifest gives each image its group (the face it was made from).
+    """
+    groups = manifest_groups(root)
     samples = []
     for entry in sorted(os.listdir(root)):
         folder = os.path.join(root, entry)
@@ -155,39 +193,24 @@ def read_class_folders(root, split=None, source=None):
             continue
         label = canonical_class(entry, root)
         for path in _list_files(folder):
-            samples.append(Sample(path, None, label, split, path, source or os.path.basename(root)))
+            samples.append(Sample(path, None, label, split, groups.get(path, path),
+                                  source or os.path.basename(os.path.normpath(root))))
     if not samples:
         raise DataError("no class folders with files under %s" % root)
     return samples
 
 
-def read_voc(root, margin=0.0, source=None):
-    """Face boxes of a VOC scene set; ``split`` from ``root/splits.csv`` when present."""
-    ann_dir, img_dir = os.path.join(root, "annotations"), os.path.join(root, "images")
-    splits = {}
-    splits_csv = os.path.join(root, "splits.csv")
-    if os.path.isfile(splits_csv):
-        with open(splits_csv, newline="") as f:
-            splits = {row["image"]: row["split"] for row in csv.DictReader(f)}
+def read_voc(root, source=None):
+    """Face boxes of a VOC scene set (``edge.measure.truth``'s reader); ``split`` from
+    ``root/splits.csv`` when present."""
+    splits = truth.read_splits(root)
     samples = []
-    for name in sorted(os.listdir(ann_dir)):
-        if not name.endswith(".xml"):
-            continue
-        tree = ET.parse(os.path.join(ann_dir, name)).getroot()
-        filename = tree.findtext("filename") or os.path.splitext(name)[0] + ".jpg"
-        path = os.path.join(img_dir, filename)
-        if not os.path.isfile(path):  # converted sets keep the annotation's old extension
-            stem = os.path.splitext(filename)[0]
-            matches = [f for f in os.listdir(img_dir) if os.path.splitext(f)[0] == stem]
-            path = os.path.join(img_dir, matches[0]) if matches else path
-        scene = os.path.basename(path)
-        for obj in tree.iter("object"):
-            label = canonical_class(obj.findtext("name"), os.path.join(ann_dir, name))
-            bb = obj.find("bndbox")
-            box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            samples.append(Sample(path, box, label, splits.get(scene), scene, source or os.path.basename(root)))
+    for scene in truth.read_voc(root):
+        for box, label in zip(scene.boxes, scene.labels):
+            samples.append(Sample(scene.path, tuple(float(v) for v in box), label, splits.get(scene.key),
+                                  scene.key, source or os.path.basename(os.path.normpath(root))))
     if not samples:
-        raise DataError("no annotated faces under %s" % ann_dir)
+        raise DataError("no annotated faces under %s" % os.path.join(root, "annotations"))
     return samples
 
 
@@ -203,12 +226,12 @@ def detect_layout(root):
     return "folders"
 
 
-def load_source(root, margin=0.15):
+def load_source(root):
     """Read any supported layout into samples (split set where the layout fixes it)."""
     layout = detect_layout(root)
     name = os.path.basename(os.path.normpath(root))
     if layout == "voc":
-        return read_voc(root, margin, source=name)
+        return read_voc(root, source=name)
     if layout == "sfmask":
         return (read_class_folders(os.path.join(root, "train"), "train", source=name)
                 + read_class_folders(os.path.join(root, "test"), "test", source=name))
@@ -224,10 +247,12 @@ def clean(samples, min_size=8, hygiene=None):
     """
     from tqdm import tqdm
     hygiene = hygiene or Hygiene()
+    cache = _load_json(HYGIENE_CACHE)
     by_path = {}
     for path in tqdm(sorted({s.path for s in samples}), desc="checking images", unit="img",
                      leave=False, disable=None):
-        by_path[path] = inspect_file(path, hygiene)
+        by_path[path] = inspect_cached(path, hygiene, cache)
+    _save_json(HYGIENE_CACHE, cache)
     labels_by_digest = collections.defaultdict(set)
     for s in samples:
         if by_path[s.path] and s.box is None:
@@ -249,7 +274,7 @@ def clean(samples, min_size=8, hygiene=None):
             w, h = width, height
         else:
             w, h = s.box[2] - s.box[0], s.box[3] - s.box[1]
-        if min(w, h) < min_size:
+        if max(w, h) < min_size:  # the longest side, as the edge detector measures a face
             hygiene.note("below_min_size_%dpx" % min_size, s.path)
             continue
         kept.append(s)
@@ -260,7 +285,8 @@ def clean(samples, min_size=8, hygiene=None):
         for p in whole:
             if groups[p] != p:
                 hygiene.note("near_duplicate_grouped", p)
-        kept = [s._replace(group=groups[s.path]) if s.box is None else s for s in kept]
+        # A group given by the data set (a synthesized face's target) is kept as it is.
+        kept = [s._replace(group=groups[s.path]) if s.box is None and s.group == s.path else s for s in kept]
     return kept, hygiene
 
 
@@ -323,36 +349,77 @@ def summarize(samples):
     """{split: {class: count}} plus per-source totals, for the checkpoint and the report."""
     table = collections.defaultdict(collections.Counter)
     sources = collections.defaultdict(collections.Counter)
+    mass = collections.defaultdict(lambda: collections.defaultdict(float))
     for s in samples:
         table[s.split][s.label] += 1
         sources[s.source][s.split] += 1
+        if s.split == "train":
+            mass[s.source][s.label] += s.weight
     return {"splits": {k: dict(v) for k, v in sorted(table.items())},
-            "sources": {k: dict(v) for k, v in sorted(sources.items())}}
+            "sources": {k: dict(v) for k, v in sorted(sources.items())},
+            "train_weight": {k: {c: round(w, 1) for c, w in sorted(v.items())} for k, v in sorted(mass.items())}}
 
 
-def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, margin=0.15, face_crop=None):
-    """Read, clean and split every data root; returns (samples, hygiene).
+def assign_weights(samples, synthetic_sources=(), synthetic_share=0.3):
+    """Training weights, so that no single face or source defines a class.
 
-    ``face_crop``: a detector name (``train.facecrop``) that crops whole images to their
-    face as the edge service would; None keeps whole images.
+    - A whole image counts 1 / (the images of its group and class): near-copies (a webcam
+      set's video frames, fmd's pre-augmented images) and the variants synthesized from one
+      face count as one face together. Scene crops are distinct faces and count 1 each.
+    - Synthesized faces (``synthetic_sources``) are scaled, class by class among the training
+      samples, so that they make up ``synthetic_share`` of every class they appear in. Since
+      they are synthesized for mask and incorrect alike, the same share in both keeps the
+      look of a pasted mask from telling the classes apart: only where it sits does.
+    """
+    sizes = collections.Counter((s.source, s.group, s.label) for s in samples if s.box is None)
+    out = [s._replace(weight=1.0 / sizes[(s.source, s.group, s.label)]) if s.box is None else s
+           for s in samples]
+    if not synthetic_sources or not 0 < synthetic_share < 1:
+        return out
+    mass = collections.defaultdict(float)  # (label, synthetic?) -> summed weight in train
+    for s in out:
+        if s.split == "train":
+            mass[(s.label, s.source in synthetic_sources)] += s.weight
+    factor = {}
+    for (label, synthetic), synth_mass in list(mass.items()):
+        real_mass = mass.get((label, False), 0.0)
+        if synthetic and real_mass > 0:
+            factor[label] = synthetic_share / (1 - synthetic_share) * real_mass / synth_mass
+    return [s._replace(weight=s.weight * factor.get(s.label, 1.0)) if s.source in synthetic_sources else s
+            for s in out]
+
+
+def prepare(roots, classes, min_size=8, seed=0, subset_fraction=1.0, face_crop=None, train_only=(),
+            synthetic_share=0.3):
+    """Read, clean, split and weigh every data root; returns (samples, hygiene).
+
+    ``train_only``: roots whose every sample goes to training (a single-person webcam set,
+    a synthesized set: neither may decide a validation or test score). ``face_crop``: a
+    detector name (``train.facecrop``) that crops whole images to their face as the edge
+    service would; None keeps whole images. ``synthetic_share``: see ``assign_weights``.
     """
     hygiene = Hygiene()
-    samples = []
-    for root in roots:
-        source = load_source(root, margin)
+    samples, synthetic = [], set()
+    for root in list(roots) + list(train_only):
+        source = load_source(root)
         unused = [s for s in source if s.label not in classes]
         for s in unused:
             hygiene.note("class_not_trained_%s" % s.label, s.path)
         source = [s for s in source if s.label in classes]
         source, _ = clean(source, min_size, hygiene)
-        if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source):
+        if root in train_only:
+            source = [s._replace(split="train") for s in source]
+        if any(s.split == "train" for s in source) and not any(s.split == "val" for s in source) \
+                and root not in train_only:
             source = carve_val(source, seed=seed)
         source = stratified_split(source, seed=seed)
         if face_crop:  # after the split, so that cropping leaves every image in its split
             from train.facecrop import find_faces
             source = find_faces(source, face_crop, hygiene, min_size)
+        if is_synthetic(root):
+            synthetic.update(s.source for s in source)
         samples.extend(source)
     samples = subset(samples, subset_fraction, seed)
     if not samples:
-        raise DataError("no usable images in %s" % ", ".join(roots))
-    return samples, hygiene
+        raise DataError("no usable images in %s" % ", ".join(list(roots) + list(train_only)))
+    return assign_weights(samples, synthetic, synthetic_share), hygiene

@@ -13,70 +13,119 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from edge.infer.preprocess import expand_box, letterbox
 from train import checkpoint, report
-from train.data import read_rgb
-from train.transforms import expand_box, letterbox
+from train.images import read_rgb
 
 
 class FaceDataset(Dataset):
     """Face crops of ``samples``; the letterboxed uint8 crop is cached after first use.
 
     The cache keeps a small array per face (e.g. 96x96x3 = 27 KB), so even SF-MASK's 45k
-    faces stay near 1 GB, and epochs after the first skip decoding entirely.
+    faces stay near 1 GB, and epochs after the first skip decoding entirely. ``weighted``
+    (training sets): items are (image, target, sample weight), the weight from
+    ``train.data`` (near-copies and synthesized faces count as one face each). A sample of
+    a class the model does not have gets target -1 (evaluation only: the compliance view).
     """
 
-    def __init__(self, samples, classes, meta, transform, cache=True):
+    def __init__(self, samples, classes, meta, transform, cache=True, weighted=False):
         self.samples = samples
-        self.targets = [classes.index(s.label) for s in samples]
+        self.targets = [classes.index(s.label) if s.label in classes else -1 for s in samples]
+        self.weights = [float(s.weight) for s in samples]
         self.meta = meta
         self.transform = transform
+        self.weighted = weighted
         self.cache = {} if cache else None
 
     def __len__(self):
         return len(self.samples)
 
     def boxed(self, i):
-        """The letterboxed uint8 RGB crop of sample ``i``."""
+        """The letterboxed uint8 RGB crop of sample ``i``.
+
+        A scene is decoded once for all its faces: with the cache on, every face of the
+        image is cropped and cached when the first one is asked for (decoding a street
+        photo costs far more than the network does on a 96 px face).
+        """
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        s = self.samples[i]
-        rgb = read_rgb(s.path)
-        if s.box is not None:
-            x1, y1, x2, y2 = expand_box(s.box, self.meta["crop_margin"], rgb.shape[1], rgb.shape[0])
+        path = self.samples[i].path
+        rgb = read_rgb(path)
+        siblings = self._by_path().get(path, [i]) if self.cache is not None else [i]
+        for k in siblings:
+            boxed = self._crop(rgb, self.samples[k].box)
+            if self.cache is not None:
+                self.cache[k] = boxed
+            if k == i:
+                result = boxed
+        return result
+
+    def _by_path(self):
+        if getattr(self, "_paths", None) is None:
+            self._paths = {}
+            for k, s in enumerate(self.samples):
+                self._paths.setdefault(s.path, []).append(k)
+        return self._paths
+
+    def _crop(self, rgb, box):
+        if box is not None:
+            x1, y1, x2, y2 = expand_box(box, self.meta["crop_margin"], rgb.shape[1], rgb.shape[0])
             rgb = rgb[y1:y2, x1:x2]
-        boxed = letterbox(rgb, self.meta["input_size"], self.meta["mean"])
-        if self.cache is not None:
-            self.cache[i] = boxed
-        return boxed
+        return letterbox(rgb, self.meta["input_size"], self.meta["mean"])
+
+    def item(self, i, transform, weighted):
+        """(image, target[, weight]) of sample ``i`` through ``transform``."""
+        x = transform.from_boxed(self.boxed(i))
+        return (x, self.targets[i], self.weights[i]) if weighted else (x, self.targets[i])
 
     def __getitem__(self, i):
-        return self.transform.from_boxed(self.boxed(i)), self.targets[i]
+        return self.item(i, self.transform, self.weighted)
 
-    def subset(self, indices, transform):
+    def subset(self, indices, transform, weighted=False):
         """A view on some samples with another transform, sharing this dataset's crop cache."""
-        return _SubsetView(self, list(indices), transform)
+        return _SubsetView(self, list(indices), transform, weighted)
 
 
 class _SubsetView(Dataset):
-    def __init__(self, parent, indices, transform):
-        self.parent, self.indices, self.transform = parent, indices, transform
+    def __init__(self, parent, indices, transform, weighted):
+        self.parent, self.indices, self.transform, self.weighted = parent, indices, transform, weighted
         self.targets = [parent.targets[i] for i in indices]
+        self.weights = [parent.weights[i] for i in indices]
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
-        return self.transform.from_boxed(self.parent.boxed(self.indices[i])), self.targets[i]
+        return self.parent.item(self.indices[i], self.transform, self.weighted)
 
 
-def class_weights(targets, num_classes):
-    """Inverse-frequency weights (sklearn's 'balanced'): n / (C * n_c)."""
-    counts = np.bincount(np.asarray(targets), minlength=num_classes).astype(float)
-    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+def class_weights(targets, num_classes, sample_weights=None, power=1.0):
+    """Inverse-frequency weights (sklearn's 'balanced'): (n / (C * n_c)) ** power, where a
+    class's n_c is the sum of its samples' weights (their count when unweighted).
+
+    ``power`` 0.5 ('sqrt') balances halfway: a class fifty times rarer weighs seven times
+    more, not fifty (with so few examples a full weight over-calls it).
+    """
+    counts = np.bincount(np.asarray(targets), weights=sample_weights, minlength=num_classes).astype(float)
+    balanced = counts.sum() / (num_classes * np.maximum(counts, 1e-9))
+    return torch.tensor(balanced ** power, dtype=torch.float32)
+
+
+def weighted_loss(per_sample, targets, weights, class_weight=None):
+    """The batch loss from per-sample losses: a weighted mean, as ``CrossEntropyLoss``'s.
+
+    With hard targets it is normalized by the sum of (sample weight x class weight), which
+    for unit sample weights is exactly the class-weighted mean; with soft (mixed) targets
+    by the sum of sample weights.
+    """
+    norm = weights
+    if targets.dim() == 1 and class_weight is not None:
+        norm = weights * class_weight[targets]
+    return (per_sample * weights).sum() / norm.sum().clamp_min(1e-12)
 
 
 def distributed_setup():
@@ -90,10 +139,20 @@ def distributed_setup():
     return (dist.get_rank() if dist.is_initialized() else 0), world
 
 
-def make_loader(dataset, batch_size, shuffle, workers, seed, distributed=False):
-    """A DataLoader; a DistributedSampler shards training data under torchrun."""
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+def make_loader(dataset, batch_size, shuffle, workers, seed, distributed=False, epoch_samples=0):
+    """A DataLoader; a DistributedSampler shards training data under torchrun.
+
+    ``epoch_samples``: draw that many samples per epoch, with replacement, with the
+    probability of each sample's weight (large sets whose near-copies need not all be seen
+    every epoch); the caller then leaves the sample weights out of the loss.
+    """
     generator = torch.Generator().manual_seed(seed)
+    if epoch_samples:
+        if distributed:
+            raise ValueError("--epoch-samples is not supported under torchrun")
+        sampler = WeightedRandomSampler(dataset.weights, int(epoch_samples), replacement=True, generator=generator)
+    else:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, generator=generator, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, drop_last=False)
@@ -117,14 +176,15 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, scal
     total_loss, correct, seen = 0.0, 0, 0
     # disable=None: bars on a terminal only; logs get the one-line epoch summary instead.
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None if show else True)
-    for images, targets in bar:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    for batch in bar:
+        images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        weights = batch[2].to(device, non_blocking=True).float() if len(batch) > 2 else torch.ones(len(targets), device=device)
         hard = targets
         if mixer is not None:
             images, targets = mixer(images, targets)
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(images)
-            loss = criterion(logits, targets)
+            loss = weighted_loss(criterion(logits, targets), targets, weights, criterion.weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -159,9 +219,11 @@ def predict(model, loader, device, flip=False, show=False):
 
 
 def evaluate(model, loader, device, classes, flip=False):
-    """Metrics (``report.compute_metrics``) plus the unweighted cross-entropy as ``loss``."""
+    """Metrics (``report.compute_metrics``, the compliance view) plus the unweighted
+    cross-entropy as ``loss``."""
     labels, probs = predict(model, loader, device, flip)
     metrics = report.compute_metrics(labels, probs, classes)
+    metrics["compliance"] = report.compliance_metrics([classes[k] for k in labels], probs, classes)
     picked = probs[np.arange(len(labels)), labels]
     metrics["loss"] = float(-np.log(np.clip(picked, 1e-7, 1)).mean()) if len(labels) else None
     return metrics, labels, probs
@@ -193,9 +255,10 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     """Train ``model``; returns (history, best val metrics). Saves best.pt/last.pt in ``out_dir``.
 
     ``args`` needs: epochs, batch_size, lr, weight_decay, workers, seed, patience, monitor,
-    label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off) and
-    class_weights (``balanced``, the default, or ``none``). Under
-    torchrun, data are sharded.
+    label_smoothing, mix, amp, resume (path or None); optional ema (decay, 0 = off),
+    class_weights (``balanced``, the default, ``sqrt`` or ``none``; from the samples' weights) and
+    epoch_samples (draw that many samples per epoch by weight instead of a full weighted
+    pass). Under torchrun, data are sharded.
 
     With ``ema``, an exponential moving average of the weights (and BatchNorm statistics)
     is what gets evaluated, selected and saved as the model; last.pt keeps the raw training
@@ -205,12 +268,17 @@ def fit(model, train_set, val_set, meta, args, out_dir=None, show=True, log=prin
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     model.to(device)
     classes = meta["classes"]
-    balanced = getattr(args, "class_weights", "balanced") == "balanced"
-    weights = class_weights(train_set.targets, len(classes)).to(device) if balanced else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    power = {"balanced": 1.0, "sqrt": 0.5}.get(getattr(args, "class_weights", "balanced"))
+    weights = class_weights(train_set.targets, len(classes), train_set.weights, power).to(device) \
+        if power else None
+    # Per-sample losses: the batch mean is weighted by each sample's weight (weighted_loss).
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing, reduction="none")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    train_loader = make_loader(train_set, args.batch_size, True, args.workers, args.seed, world > 1)
+    epoch_samples = getattr(args, "epoch_samples", 0) or 0
+    train_loader = make_loader(train_set, args.batch_size, True, args.workers, args.seed, world > 1, epoch_samples)
+    if epoch_samples:
+        train_set.weighted = False  # drawn by weight already: the loss counts every draw once
     val_loader = make_loader(val_set, max(args.batch_size, 64), False, args.workers, args.seed)
     steps = args.epochs * len(train_loader)
     warmup = min(len(train_loader), steps // 10)

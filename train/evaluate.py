@@ -28,9 +28,10 @@ class OnnxModel(torch.nn.Module):
         super().__init__()
         import onnx
         import onnxruntime as ort
-        from train import metadata
+
+        from edge.infer.model_meta import from_string_props
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-        self.meta = metadata.from_string_props(props, source=path)
+        self.meta = from_string_props(props, source=path)
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -50,29 +51,33 @@ def load_any(path):
 
 def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
                   face_crop="trained"):
-    """Metrics dict (``report.compute_metrics`` keys) of ``model_path`` on ``data_root``.
+    """Metrics dict (``report.compute_metrics`` keys and ``compliance``) of ``model_path`` on ``data_root``.
 
-    ``face_crop``: detector that crops whole images to their face; ``trained`` (default)
-    uses what the model was trained with, ``none`` keeps whole images.
+    Faces of a class the model does not have (a worn-wrong mask for a two-class model)
+    are left out of the class metrics but scored in the compliance view, where they are
+    non-compliant. ``face_crop``: detector that crops whole images to their face;
+    ``trained`` (default) uses what the model was trained with, ``none`` keeps whole images.
     """
     model, meta = load_any(model_path)
     if face_crop == "trained":
         face_crop = (meta.get("train_args") or {}).get("face_crop")
     face_crop = detector_name(face_crop)
-    source = data.load_source(data_root, meta["crop_margin"])
-    skipped = sum(1 for s in source if s.label not in meta["classes"])
-    source = [s for s in source if s.label in meta["classes"]]
+    source = data.load_source(data_root)
     if split != "all":
         source = [s for s in source if s.split == split]
     samples, hygiene = data.clean(source, min_size)
     if face_crop:
         samples = find_faces(samples, face_crop, hygiene, min_size)
     if not samples:
-        raise data.DataError("no usable faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
+        raise data.DataError("no usable faces in %s (split %s)" % (data_root, split))
     dataset = FaceDataset(samples, meta["classes"], meta, EvalTransform(meta), cache=False)
     labels, probs = predict(model, make_loader(dataset, batch_size, False, 0, 0), torch.device("cpu"), flip)
-    metrics = report.compute_metrics(labels, probs, meta["classes"])
-    metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=skipped,
+    known = labels >= 0
+    if not known.any():
+        raise data.DataError("no faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
+    metrics = report.compute_metrics(labels[known], probs[known], meta["classes"])
+    metrics["compliance"] = report.compliance_metrics([s.label for s in samples], probs, meta["classes"])
+    metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=int((~known).sum()),
                    face_crop=face_crop or "none", hygiene=hygiene.summary())
     return metrics
 
@@ -83,8 +88,10 @@ def main(argv=None):
     parser.add_argument("--model", default=DEFAULT_MODEL, help=".pt checkpoint or .onnx (default: shipped model)")
     parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
                         help="only this split (VOC splits.csv, SF-MASK folders)")
-    parser.add_argument("--min-size", type=int, default=8)
-    parser.add_argument("--flip", action="store_true", help="average with a mirrored pass")
+    parser.add_argument("--min-size", type=int, default=8,
+                        help="skip faces whose longest side is smaller (px; default 8)")
+    parser.add_argument("--tta-flip", action="store_true",
+                        help="average each face with its mirror image (as export.onnx --tta-flip does in the graph)")
     parser.add_argument("--face-crop", default="trained", choices=("trained",) + CHOICES,
                         help="crop whole images to their detected face (trained: as the model was trained)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,7 +99,7 @@ def main(argv=None):
     if not os.path.isfile(args.model):
         parser.error("model not found: %s" % args.model)
     try:
-        metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.flip,
+        metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.tta_flip,
                                 face_crop=args.face_crop)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
         print("error: %s" % exc, file=sys.stderr)

@@ -15,9 +15,9 @@ import os
 import cv2
 import numpy as np
 
-from edge import detect
-from edge.provision import sha256
-from train.data import read_rgb
+from edge.common import sha256
+from edge.infer import detect
+from train.images import read_rgb
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "maskgate", "face_boxes")
 # Tight crops leave a detector no context around the face: pad each side by this share.
@@ -89,7 +89,7 @@ def find_faces(samples, name, hygiene, min_size=8, cache_dir=CACHE_DIR, show=Tru
         box = boxes[s.path]
         if box is None:
             hygiene.note("no_face_found_by_%s" % name, s.path)
-        elif min(box[2] - box[0], box[3] - box[1]) < min_size:
+        elif max(box[2] - box[0], box[3] - box[1]) < min_size:
             hygiene.note("detected_face_below_min_size_%dpx" % min_size, s.path)
         else:
             kept.append(s._replace(box=tuple(box)))

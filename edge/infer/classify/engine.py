@@ -1,0 +1,210 @@
+"""TensorRT engines: built from a verified ONNX model, checked against onnxruntime, cached.
+
+One home for what the command line (``python -m export.trt``) and the service (an engine
+built on first use) both do, so that both verify the same way and both report progress
+through the ``log`` callable they pass (the service's logger, the CLI's console). One
+optimization profile covers batches 1..max; FP16 by default; INT8 (calibrated on real face
+crops) where the GPU has fast INT8 (Xavier, Orin), refused on the Nano. The cache name
+holds every fact an engine depends on (after jetson-inference's cache). Torch-free and
+Python 3.6: it runs on the Jetson.
+"""
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+
+from edge.common import atomic_write, sha256
+from edge.errors import ModelError
+from edge.infer.classify import trt_compat
+from edge.infer.classify.base import DEFAULT_MAX_BATCH
+from edge.infer.classify.onnx_meta import read_onnx_metadata
+from edge.infer.classify.parity import compare, describe
+from edge.infer.classify.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
+from edge.infer.classify.trt import TrtClassifier, gpu_name, import_pycuda, import_tensorrt
+from edge.infer.preprocess import images_to_batch
+
+PRECISIONS = ("fp32", "fp16", "int8")
+OPT_BATCH = 4  # kernels are tuned for this batch: a Nano frame rarely holds more faces
+DEFAULT_WORKSPACE_MB = 256
+MIN_AGREE = 0.995  # engine vs onnxruntime argmax agreement (FP16 flips a near-tie now and then)
+
+_log = logging.getLogger(__name__)
+
+
+class BuildError(ModelError):
+    """TensorRT could not build an engine, or the engine failed its check against onnxruntime."""
+
+
+def cache_key(onnx_sha256, trt_version, gpu, precision, max_batch):
+    """Every fact an engine depends on, as a file-name fragment."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
+    return "%s.trt%s.%s.%s.b%d" % (onnx_sha256[:16], trt_version, slug, precision, int(max_batch))
+
+
+def cached_engine_path(onnx_path, cache_dir, onnx_sha256, trt_version, gpu, precision, max_batch):
+    """``CACHE/<onnx stem>.<cache key>.engine``."""
+    stem = os.path.splitext(os.path.basename(onnx_path))[0]
+    return os.path.join(cache_dir, "%s.%s.engine" % (stem, cache_key(onnx_sha256, trt_version, gpu,
+                                                                       precision, max_batch)))
+
+
+@contextlib.contextmanager
+def _progress(trt, config, log, every=15.0):
+    """Show that a long build is alive: TensorRT's phases where it reports them, else a clock."""
+    monitor = trt_compat.attach_progress(trt, config, log)
+    done = threading.Event()
+    started = time.time()
+
+    def tick():
+        while not done.wait(every):
+            log("  building... %.0f s" % (time.time() - started))
+    ticker = None if monitor else threading.Thread(target=tick, name="trt-build-clock")
+    if ticker:
+        ticker.daemon = True
+        ticker.start()
+    try:
+        yield monitor
+    finally:
+        done.set()
+        log("build took %.0f s" % (time.time() - started))
+
+
+def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision="fp16",
+                 workspace_mb=DEFAULT_WORKSPACE_MB, calib_images=None, log=_log.info):
+    """Build ``engine_path`` (+ its sidecar) from an exported ONNX model; return the sidecar dict.
+
+    ``calib_images``: ``(name, rgb)`` face crops for INT8 calibration (int8 only).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError("precision %r: choose one of %s" % (precision, ", ".join(PRECISIONS)))
+    meta = read_onnx_metadata(onnx_path)  # a foreign ONNX fails here, before minutes of building
+    with open(onnx_path, "rb") as f:
+        data = f.read()
+    trt, cuda = import_tensorrt(), import_pycuda()
+    gpu = gpu_name(cuda)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if precision == "int8" and not trt_compat.has_fast(builder, "int8"):
+        raise BuildError("INT8 refused: %s has no fast INT8 (the Jetson Nano's Maxwell GPU has none); "
+                         "build with --fp16 instead. INT8 pays off on Xavier and Orin." % gpu)
+    if precision == "int8" and not calib_images:
+        raise BuildError("INT8 needs calibration images (real face crops)")
+    if precision == "fp16" and not trt_compat.has_fast(builder, "fp16"):
+        log("warning: %s has no fast FP16; the engine will work but gain little" % gpu)
+    network = builder.create_network(trt_compat.network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(data):
+        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError("TensorRT %s cannot parse %s:\n  %s" % (trt.__version__, onnx_path, errors))
+    config = builder.create_builder_config()
+    trt_compat.set_workspace(trt, config, int(workspace_mb) << 20)
+    chw = (3, int(meta["input_size"][0]), int(meta["input_size"][1]))
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1,) + chw, (min(OPT_BATCH, max_batch),) + chw, (max_batch,) + chw)
+    config.add_optimization_profile(profile)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
+    ctx = cuda.Device(0).retain_primary_context()  # the calibrator's buffer needs a current context
+    ctx.push()
+    try:
+        if precision == "int8":
+            from edge.infer.classify.calibrate import make_calibrator
+            log("INT8 calibration on %d real images" % len(calib_images))
+            config.set_flag(trt.BuilderFlag.INT8)
+            # The ranges cache is keyed on the model: a retrained model never reuses stale ranges.
+            table = "%s.%s.calib" % (engine_path, hashlib.sha256(data).hexdigest()[:16])
+            if os.path.isfile(table):
+                log("reusing INT8 calibration table %s (delete it to recalibrate)" % table)
+            config.int8_calibrator = make_calibrator(trt, cuda, images_to_batch(calib_images, meta), table)
+            trt_compat.set_calibration_profile(config, profile)
+        log("building %s engine (TensorRT %s, %s, batch 1..%d, workspace %d MB)"
+            % (precision.upper(), trt.__version__, gpu, max_batch, workspace_mb))
+        with _progress(trt, config, log):
+            serialized = builder.build_serialized_network(network, config)
+    finally:
+        ctx.pop()
+        ctx.detach()
+    if serialized is None:
+        raise BuildError("TensorRT failed to build %s (messages above); a larger --workspace may help" % onnx_path)
+    info = {"meta": meta, "onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "max_batch": int(max_batch),
+            "workspace_mb": int(workspace_mb), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write(engine_path, bytes(serialized))  # IHostMemory: a buffer
+    write_sidecar(engine_path, info)
+    return info
+
+
+def verify_engine(engine_path, onnx_path, images, log=_log.info):
+    """Compare the engine with onnxruntime on real face crops ``(name, rgb)``; the parity stats.
+
+    None (with a message) where onnxruntime is absent (usual on a Jetson Nano, where it
+    dropped Python 3.6 after 1.10). Raises BuildError when fewer than ``MIN_AGREE`` of the
+    images get the same top class.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log("engine check skipped: onnxruntime is not installed; verify this ONNX model on a workstation "
+            "with python -m export.onnx")
+        return None
+    with TrtClassifier(engine_path) as engine:
+        batch = images_to_batch(images, engine.meta)
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        reference = session.run(["probs"], {"input": batch})[0]
+        stats = compare(reference, engine.predict(batch), tie=0.02)
+    log(describe(stats, "TensorRT %s vs onnxruntime" % engine.sidecar["precision"].upper()))
+    if stats["argmax_agree"] < MIN_AGREE:
+        raise BuildError("engine %s disagrees with onnxruntime on %d of %d images (need %.1f%% agreement)"
+                         % (engine_path, len(stats["mismatches"]), stats["n"], 100 * MIN_AGREE))
+    return stats
+
+
+def remove_engine(engine_path):
+    """Delete an engine and its sidecar (one that failed its check is never kept)."""
+    for path in (engine_path, sidecar_path(engine_path)):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def build_verified(onnx_path, engine_path, images, log=_log.info, **build_options):
+    """``build_engine`` then ``verify_engine`` on ``images``; a failing engine is removed."""
+    build_engine(onnx_path, engine_path, log=log, **build_options)
+    if not images:
+        log("engine check skipped: no face crops to check it on")
+        return None
+    try:
+        return verify_engine(engine_path, onnx_path, images, log=log)
+    except ModelError as exc:
+        remove_engine(engine_path)
+        raise BuildError("%s; %s removed" % (exc, engine_path))
+    except Exception:
+        remove_engine(engine_path)
+        raise
+
+
+def ensure_engine(onnx_path, cache_dir, max_batch=DEFAULT_MAX_BATCH, precision="fp16",
+                  workspace_mb=DEFAULT_WORKSPACE_MB, verify_images=None, log=_log.info):
+    """The cached engine for this model, TensorRT, GPU, precision and max batch; built on first use.
+
+    A new engine is checked against onnxruntime on ``verify_images`` (``(name, rgb)`` face
+    crops) before it is cached; one that fails is deleted and BuildError raised.
+    """
+    trt, cuda = import_tensorrt(), import_pycuda()
+    sha, gpu = sha256(onnx_path), gpu_name(cuda)
+    path = cached_engine_path(onnx_path, cache_dir, sha, trt.__version__, gpu, precision, max_batch)
+    if os.path.isfile(path):
+        try:
+            info = check_sidecar(read_sidecar(path), trt.__version__, gpu, path)
+            if info["onnx_sha256"] == sha:
+                return path
+        except ModelError as exc:
+            log("engine cache: %s; rebuilding" % exc)
+    if not os.path.isdir(cache_dir):
+        os.makedirs(cache_dir)
+    log("engine cache: building %s (once per model and device; minutes on a Nano)" % os.path.basename(path))
+    build_verified(onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,
+                   workspace_mb=workspace_mb)
+    return path

@@ -1,0 +1,140 @@
+"""The detector interface: frame checks, input scaling, thresholds and NMS, shared by all."""
+import cv2
+import numpy as np
+
+from edge.errors import ConfigError
+
+
+def check_frame(frame):
+    """Return ``frame`` as an HxWx3 uint8 BGR array, or raise ValueError saying what is wrong.
+
+    A grey (HxW or HxWx1) frame is converted; anything else is rejected, so one bad
+    frame gives an error the service can log and skip instead of a crash deep in OpenCV.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise ValueError("frame must be a numpy array, got %s" % type(frame).__name__)
+    if frame.dtype != np.uint8:
+        raise ValueError("frame must be uint8, got %s" % frame.dtype)
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError("frame must be HxWx3 BGR, got shape %s" % (frame.shape,))
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise ValueError("frame is empty: shape %s" % (frame.shape,))
+    # A cropped or flipped view: older OpenCV bindings (4.1 on the Nano) refuse non-contiguous arrays.
+    return np.ascontiguousarray(frame)
+
+
+def nms(boxes, scores, iou_threshold):
+    """Greedy non-maximum suppression; indices of the kept boxes, best score first.
+
+    Plain numpy (the same result as ``cv2.dnn.NMSBoxes``, whose Python signature differs
+    between OpenCV 4.1 on the Nano and 4.x here); face counts are small, so it is cheap.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, np.float32), kind="mergesort")  # stable, numpy 1.13 too
+    areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
+        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
+        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
+        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
+        inter = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def empty():
+    """No detections: (0x4 float32 boxes, 0 float32 scores)."""
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+
+
+class Detector(object):
+    """A face detector: ``detect(frame_bgr) -> (boxes Nx4 xyxy float32 pixels, scores N)``.
+
+    ``confidence``: lowest score kept (0..1); ``min_size``: smallest face kept, longest side
+    in frame pixels; ``nms_iou``: overlap above which the lower-scored box is dropped;
+    ``input_size``: long side in pixels the frame is scaled to (up or down) before the
+    detector sees it, None for the frame's own size; ``box_adjust``: (dx1, dy1, dx2, dy2)
+    added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the
+    coordinates of the frame given, clipped to it, best score first.
+    Subclasses implement ``_detect(image, scale) -> (boxes, scores)`` in ``image`` pixels
+    (``scale``: image size / frame size).
+    """
+    name = None
+
+    def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None):
+        if not 0 <= float(confidence) <= 1:
+            raise ConfigError("detector confidence %r: need 0 <= confidence <= 1" % (confidence,))
+        if float(min_size) < 0:
+            raise ConfigError("detector min_size %r: need >= 0 pixels" % (min_size,))
+        if not 0 < float(nms_iou) <= 1:
+            raise ConfigError("detector nms_iou %r: need 0 < nms_iou <= 1" % (nms_iou,))
+        if input_size is not None and int(input_size) < 32:
+            raise ConfigError("detector input_size %r: need a long side of >= 32 pixels, or "
+                              "null for the frame's size" % (input_size,))
+        if box_adjust is not None and len(box_adjust) != 4:
+            raise ConfigError("detector box_adjust %r: need four numbers (dx1, dy1, dx2, dy2) "
+                              "or null" % (box_adjust,))
+        self.box_adjust = None if box_adjust is None else np.asarray(box_adjust, np.float32)
+        self.confidence = float(confidence)
+        self.min_size = float(min_size)
+        self.nms_iou = float(nms_iou)
+        self.input_size = None if input_size is None else int(input_size)
+
+    def __repr__(self):
+        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s>" % (
+            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size)
+
+    def detect(self, frame_bgr):
+        """Faces in one BGR frame: (boxes float32 Nx4 xyxy pixels, scores float32 N)."""
+        frame = check_frame(frame_bgr)
+        h, w = frame.shape[:2]
+        image = self.scaled(frame)
+        boxes, scores = self._detect(image, float(image.shape[1]) / w)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        if image is not frame:
+            sx, sy = float(w) / image.shape[1], float(h) / image.shape[0]
+            boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
+        return self.postprocess(boxes, scores, w, h)
+
+    def scaled(self, frame):
+        """The frame resized so that its long side is ``input_size`` (itself when None)."""
+        if self.input_size is None:
+            return frame
+        h, w = frame.shape[:2]
+        scale = float(self.input_size) / max(h, w)
+        if abs(scale - 1) < 1e-3:
+            return frame
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        # Area averaging when shrinking keeps small faces from aliasing away.
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+    def postprocess(self, boxes, scores, width, height):
+        """Clip to the frame, apply confidence and size limits, then NMS; best first."""
+        if not len(scores):
+            return empty()
+        boxes = boxes.copy()
+        if self.box_adjust is not None:
+            wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+            boxes += np.tile(wh, 2) * self.box_adjust
+        np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        ok = (scores >= self.confidence) & (bw > 0) & (bh > 0) & (np.maximum(bw, bh) >= self.min_size)
+        boxes, scores = boxes[ok], scores[ok]
+        keep = nms(boxes, scores, self.nms_iou)
+        return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
+
+    def _detect(self, image, scale):
+        raise NotImplementedError
+
+    def close(self):
+        """Release the model (nothing to do for most detectors)."""

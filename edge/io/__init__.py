@@ -1,0 +1,1 @@
+"""Video in and out: cameras, files and streams as ``Source``s, displays, files and streams as ``Sink``s."""

@@ -1,0 +1,1 @@
+"""Measurement of the service's own code: accuracy (``evaluate``) and speed (``bench``)."""

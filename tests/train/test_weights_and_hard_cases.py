@@ -1,0 +1,74 @@
+"""The training loss with sample weights, the compliance view, and the hard cases drawn on real faces."""
+import glob
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from edge.infer.preprocess import letterbox
+from train import augment, report
+
+torch = pytest.importorskip("torch")
+
+
+def test_unit_weights_give_exactly_the_class_weighted_cross_entropy():
+    from train.engine import class_weights, weighted_loss
+    torch.manual_seed(0)
+    logits, targets = torch.randn(12, 3), torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 0, 0])
+    cw = class_weights(targets.numpy(), 3)
+    expected = torch.nn.CrossEntropyLoss(weight=cw)(logits, targets)
+    per = torch.nn.CrossEntropyLoss(weight=cw, reduction="none")(logits, targets)
+    assert weighted_loss(per, targets, torch.ones(12), cw).item() == pytest.approx(expected.item(), rel=1e-6)
+    # Doubling one sample's weight is the same as having it twice in the batch.
+    twice = torch.cat([logits, logits[:1]]), torch.cat([targets, targets[:1]])
+    expected = torch.nn.CrossEntropyLoss(weight=cw)(*twice)
+    weights = torch.ones(12)
+    weights[0] = 2.0
+    assert weighted_loss(per, targets, weights, cw).item() == pytest.approx(expected.item(), rel=1e-6)
+    # Class weights from summed sample weights: two half-weight copies count as one face.
+    assert torch.allclose(class_weights([0, 0, 1], 2, [0.5, 0.5, 1.0]), torch.tensor([1.0, 1.0]))
+
+
+def test_compliance_view_counts_a_worn_wrong_mask_against_compliance():
+    classes = ["mask", "no_mask"]  # a two-class model meets three-class truth
+    names = ["mask", "mask", "no_mask", "incorrect", "incorrect"]
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3], [0.1, 0.9]])
+    view = report.compliance_metrics(names, probs, classes)
+    assert view["positives"] == 3 and view["recall"] == pytest.approx(2 / 3.0)
+    assert view["precision"] == pytest.approx(2 / 3.0)  # one mask face called non-compliant
+    assert view["by_label"]["incorrect"] == {"n": 2, "called_non_compliant": 1}
+    assert view["auc"] == pytest.approx(5 / 6.0)  # of the 6 (non-compliant, mask) pairs, 5 ordered right
+    assert report.compliance_metrics(names, probs[:, ::-1], ["no_mask", "incorrect"]) is None
+
+
+@pytest.fixture(scope="module")
+def crops():
+    paths = sorted(glob.glob(os.path.join(ROOT, "models", "verify_faces", "no_mask_*.jpg")))[:6]
+    return [letterbox(cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB), (96, 96), (0.485, 0.456, 0.406))
+            for p in paths]
+
+
+def _changed(before, after):
+    return np.any(before != after, axis=2)
+
+
+def test_hard_cases_draw_where_they_should_and_are_seeded(crops):
+    for i, crop in enumerate(crops):
+        rng = np.random.default_rng(i)
+        occluded = augment.occluder(crop, rng)
+        changed = _changed(crop, occluded)
+        rows = np.nonzero(changed.any(axis=1))[0]
+        assert changed.mean() > 0.02 and rows.mean() > 0.5 * crop.shape[0]  # below the eyes, before the mouth
+        glasses = _changed(crop, augment.sunglasses(crop, rng))
+        rows = np.nonzero(glasses.any(axis=1))[0]
+        assert glasses.mean() > 0.01 and rows.max() < 0.6 * crop.shape[0]  # the upper face only
+        blurred = augment.blur(crop, rng)
+        assert blurred.shape == crop.shape and np.abs(np.diff(blurred.astype(float), axis=1)).mean() <= \
+            np.abs(np.diff(crop.astype(float), axis=1)).mean()
+        assert np.array_equal(crop, crops[i])  # the input itself is never drawn on
+    a = augment.hard_cases(crops[0], np.random.default_rng(7), {"occluders": 1.0, "sunglasses": 1.0})
+    b = augment.hard_cases(crops[0], np.random.default_rng(7), {"occluders": 1.0, "sunglasses": 1.0})
+    assert np.array_equal(a, b) and not np.array_equal(a, crops[0])
+    assert augment.hard_cases(crops[0], np.random.default_rng(7), {}) is crops[0]
