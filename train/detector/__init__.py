@@ -2,5 +2,5 @@
 
 ``python -m train.detector --data ../shared/data/kaggle853 --out runs/det`` trains,
 ``python -m train.detector.export runs/det/best.pt`` writes an ONNX file that
-``edge/detectors/retinaface.py`` runs unchanged. RESULTS.md records what was measured.
+``edge/infer/detectors/retinaface.py`` runs unchanged. RESULTS.md records what was measured.
 """

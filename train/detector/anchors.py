@@ -1,6 +1,6 @@
 """Anchors, matching and box encoding of RetinaFace, as biubug6/Pytorch_Retinaface does them.
 
-The anchor layout and the variances are the edge runtime's own (``edge/detectors/retinaface.py``:
+The anchor layout and the variances are the edge runtime's own (``edge/infer/detectors/retinaface.py``:
 sizes 16/32, 64/128, 256/512 px on strides 8/16/32, variances 0.1/0.2, no clipping), imported,
 not retyped, so that what is trained is what the edge decodes. Anchors here are in input
 pixels (cx, cy, size); the original normalises by the image size, which gives the same
@@ -9,8 +9,8 @@ targets because the encoding is relative to the anchor.
 import numpy as np
 import torch
 
-from edge.detectors.retinaface import (ANCHOR_SIZES, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE,
-                                       anchors_for)
+from edge.infer.detectors.retinaface import (ANCHOR_SIZES, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE,
+                                             anchors_for)
 
 POSITIVE_IOU = 0.35  # the original's overlap threshold
 FORCED_MIN_IOU = 0.2  # a face is forced onto its best anchor only if they overlap this much

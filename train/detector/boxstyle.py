@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from edge.metrics import greedy_match
-from edge.track import iou_matrix
+from edge.infer.track import iou_matrix
+from edge.measure.metrics import greedy_match
 
 IDENTITY = (0.0, 0.0, 0.0, 0.0)
 FIT_IOU = 0.3
@@ -37,7 +37,7 @@ def _from_matrices(mx, my):
 
 
 def apply(boxes, adjust):
-    """Boxes (N, 4) xyxy adjusted as ``edge.detectors.base.Detector.postprocess`` does."""
+    """Boxes (N, 4) xyxy adjusted as ``edge.infer.detectors.base.Detector.postprocess`` does."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if adjust is None:
         return boxes.copy()

@@ -10,7 +10,7 @@ import tempfile
 
 import torch
 
-from edge.detectors.retinaface import BOX_ADJUST, MEAN_BGR
+from edge.infer.detectors.retinaface import BOX_ADJUST, MEAN_BGR
 from train.detector.anchors import anchor_spec
 from train.detector.net import ARCH, RetinaFace
 
@@ -60,7 +60,7 @@ def describe(init_onnx, box_style, adjust, data_summary, train_args, input_size,
 
 
 def _sha256(path):
-    from edge.provision import sha256
+    from edge.common import sha256
     return sha256(path) if os.path.isfile(path) else None
 
 

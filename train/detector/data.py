@@ -1,7 +1,7 @@
 """VOC scene sets -> scenes with face boxes, after a hygiene pass that says what it dropped.
 
 A scene set is ``images/`` + ``annotations/*.xml`` + ``splits.csv`` (columns image, split),
-read with the edge's own reader (``edge.truth.read_voc``, so class synonyms are the
+read with the edge's own reader (``edge.measure.truth.read_voc``, so class synonyms are the
 product's). Every annotated class is a face. Hygiene, per scene:
 
 - an image that cannot be decoded, or that ``splits.csv`` does not place: skipped, counted;
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge.truth import read_splits, read_voc
+from edge.measure.truth import read_splits, read_voc
 
 SPLITS = ("train", "val", "test")
 CLIP_TOLERANCE = (2.0, 0.1)  # pixels, or this share of the box's side, whichever is larger
@@ -189,7 +189,7 @@ class TrainScenes(object):
         import random
 
         from train.detector import boxstyle
-        from train.detector.evaluate import preprocess
+        from train.detector.augment import preprocess
         scene = self.scenes[index]
         image = cv2.imread(scene.path, cv2.IMREAD_COLOR)
         if image is None:

@@ -1,14 +1,13 @@
 """Training and validation steps, and the per-source preparation (box framing, ignore regions)."""
 import math
-import os
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge.provision import sha256
 from train.detector import boxstyle
-from train.detector.evaluate import TorchRetinaFace, evaluate_scenes, onnx_detector
+from train.detector.augment import preprocess
+from train.detector.evaluate import TorchRetinaFace, evaluate_scenes, source_adjustments
 from train.detector.loss import build_targets
 
 
@@ -38,23 +37,6 @@ def prepare_sources(sets, models_dir, settings, cache_dir, box_style, train_sour
         to_common = {s: boxstyle.IDENTITY for s in fitted}
         eval_adjust = {s: boxstyle.compose(boxstyle.invert(first), a) for s, a in fitted.items()}
     return to_common, eval_adjust, report
-
-
-def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
-    """Each source's framing relative to the original detector, fitted on its train scenes
-    (``boxstyle.fit``): ({source: adjustment}, {source: report}, {source: raw detections})."""
-    raw = onnx_detector(models_dir, None, threads=threads, **settings)
-    tag = sha256(raw.path)[:12]  # the cache belongs to this model file
-    fitted, report, dets = {}, {}, {}
-    for source, split in sets.items():
-        cache = (os.path.join(cache_dir, "%s-train-raw-%d-%s.json" % (source, settings["input_size"], tag))
-                 if cache_dir else None)
-        with tqdm(total=len(split["train"]), desc="original detector on %s train" % source,
-                  disable=None, leave=False) as bar:
-            dets[source] = boxstyle.detector_pass(split["train"], raw, cache, bar)
-        fitted[source], matched = boxstyle.fit([(dets[source][s.key][0], s.boxes) for s in split["train"]])
-        report[source] = {"fitted_adjust": list(fitted[source]), "matched_faces": matched}
-    return fitted, report, dets
 
 
 def warmup_cosine(total_steps, warmup_steps, floor=0.01):
@@ -103,7 +85,6 @@ def landmark_drift(net, reference, scenes, input_size, min_score=0.5):
     """How far the landmark outputs moved from the original network's, on anchors that the
     trained network calls a face (score >= ``min_score``): median point displacement in units
     of the anchor's size (0.1 x the raw difference, the centre variance), over ``scenes``."""
-    from train.detector.evaluate import preprocess
     import cv2
     moved = []
     net.eval()

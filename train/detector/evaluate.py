@@ -1,11 +1,11 @@
 """Face detection accuracy on annotated scenes, with the edge's own post-processing and metrics.
 
-Detectors are ``edge.detectors.base.Detector`` objects, so the frame scaling (long side
+Detectors are ``edge.infer.detectors.base.Detector`` objects, so the frame scaling (long side
 ``input_size``), box adjustment, clipping, confidence and size limits and NMS are the edge's
 code: ``TorchRetinaFace`` runs the PyTorch network inside that interface (for validation
 during training), and the ONNX files (original or exported) run in the edge's own
-``RetinaFaceDetector``. Matching and AP are ``edge.metrics.greedy_match`` and
-``average_precision``; the size bins are ``edge.metrics.size_bin``'s.
+``RetinaFaceDetector``. Matching and AP are ``edge.measure.metrics.greedy_match`` and
+``average_precision``; the size bins are ``edge.measure.metrics.size_bin``'s.
 
 Reported per split: face AP at IoU 0.5 and 0.3 (all labels are one class, face; the score
 is the detector's), recall at IoU 0.5 / 0.3 overall and at 0.5 for faces under 32 px
@@ -13,32 +13,31 @@ is the detector's), recall at IoU 0.5 / 0.3 overall and at 0.5 for faces under 3
 no face at IoU 0.5), at the detector's operating point (confidence, min size, NMS).
 """
 import inspect
+import os
 
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from edge import config as edge_config
-from edge.detectors.base import Detector, empty
-from edge.detectors.retinaface import MEAN_BGR, RetinaFaceDetector, anchors_for, decode
-from edge.metrics import average_precision, greedy_match, size_bin
+from edge.app import config as edge_config
+from edge.common import sha256
+from edge.infer.detectors.base import Detector, empty
+from edge.infer.detectors.retinaface import RetinaFaceDetector, anchors_for, decode
+from edge.measure.metrics import average_precision, greedy_match, size_bin
+from train.detector import boxstyle
+from train.detector.augment import preprocess
 
 IOUS = (0.5, 0.3)
 
 
 def edge_settings():
     """The edge service's default detector settings: confidence, min_size, nms_iou from
-    ``edge/default_config.yaml`` and the RetinaFace detector's own default input long side."""
+    ``edge/app/default_config.yaml`` and the RetinaFace detector's own default input long side."""
     det = edge_config.defaults()["detector"]
     size = det["input_size"] or inspect.signature(RetinaFaceDetector.__init__).parameters["input_size"].default
     return {"confidence": det["confidence"], "min_size": det["min_size"], "nms_iou": det["nms_iou"],
             "input_size": size}
-
-
-def preprocess(image_bgr):
-    """BGR uint8 HxWx3 -> float32 1x3xHxW minus the mean, exactly as the edge runtime does it."""
-    h, w = image_bgr.shape[:2]
-    return cv2.dnn.blobFromImage(image_bgr, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
 
 
 class TorchRetinaFace(Detector):
@@ -127,6 +126,23 @@ def evaluate_scenes(detector, scenes, progress=None):
     return scores.result()
 
 
+def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
+    """Each source's framing relative to the original detector, fitted on its train scenes
+    (``boxstyle.fit``): ({source: adjustment}, {source: report}, {source: raw detections})."""
+    raw = onnx_detector(models_dir, None, threads=threads, **settings)
+    tag = sha256(raw.path)[:12]  # the cache belongs to this model file
+    fitted, report, dets = {}, {}, {}
+    for source, split in sets.items():
+        cache = (os.path.join(cache_dir, "%s-train-raw-%d-%s.json" % (source, settings["input_size"], tag))
+                 if cache_dir else None)
+        with tqdm(total=len(split["train"]), desc="original detector on %s train" % source,
+                  disable=None, leave=False) as bar:
+            dets[source] = boxstyle.detector_pass(split["train"], raw, cache, bar)
+        fitted[source], matched = boxstyle.fit([(dets[source][s.key][0], s.boxes) for s in split["train"]])
+        report[source] = {"fitted_adjust": list(fitted[source]), "matched_faces": matched}
+    return fitted, report, dets
+
+
 def format_scores(r):
     """One line: AP@.5, AP@.3, recall@.5, recall <32 px, FP/image."""
     return "AP50 %.4f AP30 %.4f recall50 %.4f <32px %.4f FP/img %.3f (%d images, %d faces)" % (
@@ -138,9 +154,8 @@ def model_detector(model, settings, box_adjust, threads=1):
     """A Detector for an ONNX file (the edge's RetinaFaceDetector) or a best.pt checkpoint
     (TorchRetinaFace); returns (detector, the model's box_convention metadata or None)."""
     import json
-    import os
     import tempfile
-    from edge.detectors.retinaface import ONNX_FILE
+    from edge.infer.detectors.retinaface import ONNX_FILE
     if model.endswith(".pt"):
         from train.detector.checkpoint import load_net
         net, meta = load_net(model)
@@ -160,10 +175,8 @@ def main(argv=None):
     """``python -m train.detector.evaluate MODEL --data DIR [--data DIR2] [--split test]``."""
     import argparse
     import json
-    import os
-    from edge.detectors.retinaface import BOX_ADJUST
+    from edge.infer.detectors.retinaface import BOX_ADJUST
     from train.detector.data import load_sets
-    from train.detector.engine import source_adjustments
     p = argparse.ArgumentParser(prog="python -m train.detector.evaluate",
                                 description="Face AP, recall and FP/image of a detector on scene sets, "
                                             "at the edge's default settings unless overridden.")

@@ -3,7 +3,7 @@
 The file is a drop-in for ``models/detectors/retinaface_mnet025.onnx``: one input ``input``
 (N, 3, H, W) float32 BGR minus the mean, outputs ``loc`` (N, A, 4), ``conf`` (N, A, 2,
 softmaxed) and ``landmarks`` (N, A, 10) with batch, height and width dynamic; opset 13
-(TensorRT 8.2 on the Nano parses up to 13). ``edge/detectors/retinaface.py`` runs it
+(TensorRT 8.2 on the Nano parses up to 13). ``edge/infer/detectors/retinaface.py`` runs it
 unchanged. ``metadata_props`` describe it: architecture, input normalisation, anchors and
 variances, box convention, training data with counts and licences, metrics.
 
@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 import torch
 
-from edge.detectors.retinaface import ONNX_FILE
+from edge.infer.detectors.retinaface import ONNX_FILE
 from train.detector.checkpoint import CheckpointError, load_net
-from train.detector.evaluate import edge_settings, preprocess
+from train.detector.augment import preprocess
+from train.detector.evaluate import edge_settings
 from train.detector.net import WithSoftmax
 
 OPSET = 13

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import data_path
-from edge.detectors.retinaface import BOX_ADJUST, ONNX_FILE
+from conftest import data_path, require_detectors
+from edge.infer.detectors.retinaface import BOX_ADJUST, ONNX_FILE
 from train.detector import boxstyle
 from train.detector.anchors import anchor_boxes, anchor_xyxy, encode, match
-from train.detector.augment import TrainAugment
+from train.detector.augment import TrainAugment, preprocess
 from train.detector.data import TrainScenes, collate, load_scene_set, load_sets
-from train.detector.evaluate import preprocess
 from train.detector.loss import MultiBoxLoss, build_targets
 from train.detector.net import WithSoftmax, freeze_for_finetuning, load_from_onnx
 
@@ -27,11 +26,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="module")
 def onnx_path():
-    from edge.detect import default_models_dir
-    path = os.path.join(default_models_dir(), ONNX_FILE)
-    if not os.path.isfile(path):
-        pytest.skip("RetinaFace ONNX not provisioned at %s (run `make models`)" % path)
-    return path
+    from edge.infer.detectors.files import default_models_dir
+    require_detectors()
+    return os.path.join(default_models_dir(), ONNX_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +198,7 @@ def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
 
 def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path):
     import onnx
-    from edge.detectors.retinaface import RetinaFaceDetector
+    from edge.infer.detectors.retinaface import RetinaFaceDetector
     from train.detector import checkpoint
     from train.detector.export import export
     net = load_from_onnx(onnx_path)
