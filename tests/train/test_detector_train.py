@@ -1,0 +1,247 @@
+"""The detector fine-tuning package: ONNX parity, loss, data hygiene, a short real run, export.
+
+Real scenes come from the shared data (kaggle853); the starting weights are the provisioned
+RetinaFace ONNX file (``make models``). Each test skips with the reason when either is absent.
+"""
+import os
+import shutil
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import data_path, require_detectors
+from edge.infer.detectors.retinaface import BOX_ADJUST, ONNX_FILE
+from train.detector import boxstyle
+from train.detector.anchors import anchor_boxes, anchor_xyxy, encode, match
+from train.detector.augment import TrainAugment, preprocess
+from train.detector.data import TrainScenes, collate, load_scene_set, load_sets
+from train.detector.loss import MultiBoxLoss, build_targets
+from train.detector.net import WithSoftmax, freeze_for_finetuning, load_from_onnx
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def onnx_path():
+    from edge.infer.detectors.files import default_models_dir
+    require_detectors()
+    return os.path.join(default_models_dir(), ONNX_FILE)
+
+
+@pytest.fixture(scope="module")
+def kaggle():
+    return data_path("kaggle853")
+
+
+@pytest.fixture(scope="module")
+def scenes(kaggle):
+    split, hygiene, _ = load_scene_set(kaggle)
+    return split
+
+
+def ort_outputs(path, blob):
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(["loc", "conf", "landmarks"], {"input": blob})
+
+
+def test_pytorch_network_reproduces_the_onnx_outputs_on_a_real_scene(onnx_path, scenes):
+    net = WithSoftmax(load_from_onnx(onnx_path)).eval()
+    image = cv2.imread(scenes["val"][0].path)
+    blob = preprocess(image)
+    want = ort_outputs(onnx_path, blob)
+    with torch.no_grad():
+        got = [t.numpy() for t in net(torch.from_numpy(blob))]
+    for name, g, w in zip(("loc", "conf", "landmarks"), got, want):
+        assert g.shape == w.shape, name
+        assert np.abs(g - w).max() < 1e-4, name
+    assert (want[1][0, :, 1] > 0.5).sum() >= 1  # the scene has faces: a meaningful comparison
+
+
+def test_a_face_exactly_on_an_anchor_has_a_zero_regression_target():
+    anchors = anchor_boxes(64, 64)
+    k = 5  # a 16 px anchor of the stride-8 level
+    gt = anchor_xyxy(anchors[k:k + 1]).clone()
+    labels, targets = match(gt, anchors)
+    assert labels[k] == 1
+    assert torch.allclose(targets[k], torch.zeros(4), atol=1e-6)
+    assert torch.allclose(encode(gt, anchors[k:k + 1]), torch.zeros(1, 4), atol=1e-6)
+    # A network predicting no offset there has no box loss from it.
+    only_k = torch.zeros_like(labels)
+    only_k[k] = 1
+    loc = torch.zeros(1, len(anchors), 4)
+    conf = torch.zeros(1, len(anchors), 2)
+    _, box_term, _ = MultiBoxLoss()(loc, conf, only_k[None], targets[None])
+    assert float(box_term) == 0.0
+    # Its neighbours one stride away overlap it by 0.6: positive too, with non-zero targets.
+    assert int((labels == 1).sum()) > 1 and float(targets[labels == 1].abs().sum()) > 0
+
+
+def test_each_face_gets_its_best_anchor_even_below_the_positive_threshold():
+    anchors = anchor_boxes(64, 64)
+    gt = torch.tensor([[20.0, 20.0, 30.0, 31.0]])  # a 10 px face: IoU < 0.35 with every 16 px anchor
+    labels, _ = match(gt, anchors)
+    assert int((labels == 1).sum()) == 1
+
+
+def test_an_image_without_faces_gives_only_negatives_and_no_box_loss():
+    anchors = anchor_boxes(64, 64)
+    labels, targets = build_targets([torch.zeros(0, 4)], [torch.zeros(0, 4)], anchors)
+    assert (labels == 0).all() and (targets == 0).all()
+    loc = torch.randn(1, len(anchors), 4, requires_grad=True)
+    conf = torch.randn(1, len(anchors), 2, requires_grad=True)
+    criterion = MultiBoxLoss(min_negatives=8)
+    total, box_term, cls_term = criterion(loc, conf, labels, targets)
+    assert float(box_term.detach()) == 0.0 and float(cls_term.detach()) > 0
+    assert int(criterion.hard_negatives(conf[..., 1].detach(), labels).sum()) == 8
+    total.backward()
+    assert float(loc.grad.abs().sum()) == 0.0
+
+
+def test_ignore_regions_are_neither_positive_nor_negative():
+    anchors = anchor_boxes(64, 64)
+    ignore = torch.tensor([[8.0, 8.0, 24.0, 24.0]])
+    labels, _ = match(torch.zeros(0, 4), anchors, ignore)
+    assert (labels == -1).sum() >= 1 and (labels == 1).sum() == 0
+
+
+def test_box_adjustments_invert_and_compose_like_the_edge():
+    boxes = np.array([[10, 20, 50, 80]], np.float32)
+    wh = np.tile(boxes[:, 2:] - boxes[:, :2], 2)
+    assert np.allclose(boxstyle.apply(boxes, BOX_ADJUST), boxes + wh * np.array(BOX_ADJUST, np.float32))
+    back = boxstyle.apply(boxstyle.apply(boxes, BOX_ADJUST), boxstyle.invert(BOX_ADJUST))
+    assert np.allclose(back, boxes, atol=1e-4)
+    other = (-0.15, -0.2, 0.1, 0.1)
+    both = boxstyle.apply(boxstyle.apply(boxes, BOX_ADJUST), other)
+    assert np.allclose(boxstyle.apply(boxes, boxstyle.compose(BOX_ADJUST, other)), both, atol=1e-3)
+
+
+def test_augmented_boxes_stay_on_their_faces():
+    image = np.full((300, 400, 3), 120, np.uint8)
+    box = np.array([[150, 100, 190, 150]], np.float32)
+    image[100:150, 150:190] = 255
+    augment = TrainAugment(size=256, infer_size=400, p_blur=0, p_occlude=0, p_photometric=0, p_face_centred=1)
+    import random
+    for seed in range(10):
+        out, faces, _ = augment(image, box, np.zeros((0, 4), np.float32), random.Random(seed))
+        for x0, y0, x1, y1 in faces.round().astype(int):
+            inner = out[y0 + 1:y1 - 1, x0 + 1:x1 - 1]
+            assert inner.size and inner.mean() > 240  # the box still frames the white "face"
+
+
+def _write_voc(path, image_name, boxes):
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = image_name
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = "with_mask"
+        bb = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bb, key).text = str(value)
+    ET.ElementTree(root).write(path)
+
+
+def test_empty_annotations_and_boxes_outside_the_image_are_counted_and_skipped(tmp_path, scenes):
+    real = scenes["train"][:4]
+    folder = tmp_path / "mini"
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    rows = ["image,split"]
+    cases = {"ok": real[0].boxes.tolist(), "empty": [],
+             "outside": [[10, 10, real[2].width + 40, 60]],
+             "edge": [[5, 5, real[3].width + 1, 40]]}  # 1 px past the border: clipped, kept
+    for (name, boxes), scene in zip(cases.items(), real):
+        shutil.copy(scene.path, str(folder / "images" / (name + ".jpg")))
+        _write_voc(str(folder / "annotations" / (name + ".xml")), name + ".jpg", boxes)
+        rows.append("%s.jpg,%s" % (name, "train"))
+    shutil.copy(real[0].path, str(folder / "images" / "copy.jpg"))  # a val scene copying a train one
+    _write_voc(str(folder / "annotations" / "copy.xml"), "copy.jpg", cases["ok"])
+    rows.append("copy.jpg,val")
+    (folder / "splits.csv").write_text("\n".join(rows) + "\n")
+    split, hygiene, _ = load_scene_set(str(folder))
+    assert hygiene["skipped: empty annotation"] == 1
+    assert hygiene["skipped: box outside the image"] == 1
+    assert sorted(s.key for s in split["train"]) == ["mini/edge.jpg", "mini/ok.jpg"]
+    edge = [s for s in split["train"] if s.key == "mini/edge.jpg"][0]
+    assert edge.boxes[0, 2] == edge.width
+    sets, summary = load_sets([str(folder)])
+    assert [s.key for s in sets["mini"]["train"]] == ["mini/edge.jpg"]  # the near-copy of val is out
+    assert summary["mini"]["near_copies_dropped_from_train"] == [["mini/ok.jpg", "mini/copy.jpg"]]
+
+
+def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
+    torch.manual_seed(0)
+    train = [s for s in scenes["train"] if len(s.boxes)][:4]
+    data = TrainScenes(train, TrainAugment(size=192, infer_size=400), {"kaggle853": boxstyle.invert(BOX_ADJUST)})
+    images, boxes, ignore = collate([data[i] for i in range(len(data))])  # one fixed batch
+    anchors = anchor_boxes(192, 192)
+    labels, targets = build_targets(boxes, ignore, anchors)
+    net = freeze_for_finetuning(load_from_onnx(onnx_path))
+    criterion = MultiBoxLoss()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=3e-4)
+    landmarks_before = net.landmark_head.landmark_head[0].weight.clone()
+    losses = []
+    net.train()
+    for _ in range(6):
+        loc, conf, _ = net(images)
+        loss, _, _ = criterion(loc, conf, labels, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert torch.equal(net.landmark_head.landmark_head[0].weight, landmarks_before)  # frozen
+
+
+def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path):
+    import onnx
+    from edge.infer.detectors.retinaface import RetinaFaceDetector
+    from train.detector import checkpoint
+    from train.detector.export import export
+    net = load_from_onnx(onnx_path)
+    meta = checkpoint.describe(onnx_path, "common", {"kaggle853": BOX_ADJUST},
+                               {"kaggle853": {"folder": "x", "licence": "CC0-1.0", "scenes": {}, "faces": {}}},
+                               {"data": ["x/kaggle853"]}, 256, ["kaggle853"])
+    ckpt = str(tmp_path / "best.pt")
+    checkpoint.save(ckpt, net, meta, epoch=0)
+    image = cv2.imread(scenes["val"][1].path)
+    blobs = [preprocess(image), preprocess(cv2.resize(image, (320, 240)))]
+    blobs.append(np.concatenate([blobs[1], blobs[1][:, :, :, ::-1]], axis=0).copy())  # batch of 2
+    path, worst, n = export(ckpt, str(tmp_path / "out"), blobs)
+    assert n == 3 and max(worst.values()) < 1e-4
+    model = onnx.load(path)
+    assert model.opset_import[0].version == 13
+    assert [o.name for o in model.graph.output] == ["loc", "conf", "landmarks"]
+    props = dict((p.key, p.value) for p in model.metadata_props)
+    for key in ("arch", "mean_bgr", "anchors", "variances", "box_convention", "training_data", "licences"):
+        assert props.get(key), key
+    assert "CC0" in props["licences"]
+    # The edge's detector runs the exported file unchanged: same faces as the original.
+    new = RetinaFaceDetector(str(tmp_path / "out"), input_size=480, confidence=0.3, min_size=8)
+    old = RetinaFaceDetector(os.path.dirname(onnx_path), input_size=480, confidence=0.3, min_size=8)
+    (b_new, s_new), (b_old, s_old) = new.detect(image), old.detect(image)
+    assert len(s_new) == len(s_old) >= 1
+    assert np.abs(b_new - b_old).max() < 1e-2 and np.abs(s_new - s_old).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_selects_resumes_and_describes_its_checkpoint(onnx_path, kaggle, tmp_path):
+    from train.detector import checkpoint
+    from train.detector.__main__ import main
+    out = str(tmp_path / "run")
+    common = ["--data", kaggle, "--out", out, "--limit", "3", "--input-size", "160", "--batch-size", "3",
+              "--threads", "2", "--init", onnx_path, "--cache-dir", str(tmp_path / "cache")]
+    main(common + ["--epochs", "1"])
+    main(common + ["--epochs", "2", "--resume", os.path.join(out, "last.pt")])
+    last = checkpoint.read(os.path.join(out, "last.pt"))
+    assert last["epoch"] == 2 and [h["epoch"] for h in last["history"]] == [0, 1, 2]
+    net, meta = checkpoint.load_net(os.path.join(out, "best.pt"))
+    assert meta["input"]["mean_bgr"] == [104.0, 117.0, 127.0]
+    assert meta["anchors"]["min_sizes"] == [[16, 32], [64, 128], [256, 512]]
+    assert meta["training_data"]["kaggle853"]["licence"].startswith("CC0")
+    assert meta["training_data"]["kaggle853"]["scenes"]["train"] == 3  # --limit is recorded
+    assert set(meta["metrics"]["test"]["kaggle853"]) >= {"ap50", "ap30", "recall50", "recall_small50", "fp_per_image"}
+    assert os.path.isfile(os.path.join(out, "metrics.json"))

@@ -1,0 +1,214 @@
+"""``python -m train.detector``: fine-tune RetinaFace-MobileNet0.25 on VOC scene sets.
+
+    python -m train.detector --data ../shared/data/kaggle853 --out runs/det
+
+Starts from the product's ONNX weights (``--init``), validates on each training set's
+``val`` split at the edge's own settings (``evaluate.edge_settings``: long side 960,
+confidence 0.3, min size 8, NMS 0.4), keeps the epoch with the best mean val face AP@0.5
+(``best.pt``; ``last.pt`` every epoch, ``--resume last.pt`` continues), then reports
+``test`` for every set given (``--data`` and the held-out ``--eval-data``). RESULTS.md
+records the recipe that was measured and why.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from train.detector import checkpoint, engine
+from train.detector.anchors import anchor_boxes
+from train.detector.augment import TrainAugment
+from train.detector.data import TrainScenes, collate, hygiene_lines, load_sets
+from train.detector.evaluate import edge_settings, format_scores
+from train.detector.loss import MultiBoxLoss
+from train.detector.net import freeze_for_finetuning, load_from_onnx
+
+DEFAULT_INIT = os.path.join("models", "detectors", "retinaface_mnet025.onnx")
+
+
+def get_args_parser():
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m train.detector", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="VOC scene set to train on (its train split), select on (val) and test; repeatable")
+    p.add_argument("--eval-data", action="append", default=[], metavar="DIR",
+                   help="scene set only tested on (cross-source); repeatable")
+    p.add_argument("--out", default=os.path.join("runs", "det"))
+    p.add_argument("--init", default=DEFAULT_INIT, help="ONNX file whose weights start training")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--input-size", type=int, default=640, help="side of the square training crops")
+    p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
+                   help="crop scale relative to the edge's inference scale (log-uniform)")
+    p.add_argument("--box-style", default="common", choices=("common", "native"),
+                   help="common: map every source's boxes to the original detector's framing "
+                        "(the edge's BOX_ADJUST then applies); native: train on them as annotated")
+    p.add_argument("--ignore-unannotated", action="append", default=[], metavar="SET=SCORE",
+                   help="ignore (not teach as background) regions where the original detector "
+                        "finds a face with at least SCORE that SET's annotations lack; repeatable")
+    p.add_argument("--freeze", default="none", choices=("none", "stage1"),
+                   help="besides the landmark head and the first conv (always frozen, see "
+                        "net.freeze_for_finetuning): stage1 also freezes the first backbone stage "
+                        "(cheaper steps, generic low-level features kept)")
+    p.add_argument("--balance", action="store_true",
+                   help="with several --data sets, draw crops from each set equally often")
+    p.add_argument("--min-negatives", type=int, default=8, help="hard negatives per image without faces")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and the last)")
+    p.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
+    p.add_argument("--cache-dir", default=os.path.join("runs", "cache"),
+                   help="where the original detector's passes over train scenes are cached")
+    p.add_argument("--limit", type=int, default=0, help="first N scenes per split and set (tests)")
+    return p
+
+
+def parse_ignore(items, sources):
+    """{source: score} from SET=SCORE items."""
+    out = {}
+    for item in items:
+        name, _, score = item.partition("=")
+        if name not in sources or not score:
+            raise SystemExit("--ignore-unannotated %s: expected SET=SCORE with SET one of %s"
+                             % (item, ", ".join(sources)))
+        out[name] = float(score)
+    return out
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)  # augmentation runs beside torch's threads on the same cores
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    log = open(os.path.join(args.out, "train.log"), "a")
+
+    def say(line):
+        print(line)
+        log.write(line + "\n")
+        log.flush()
+
+    say("$ python -m train.detector " + " ".join(sys.argv[1:] if argv is None else argv))
+    sets, summary = load_sets(args.data + args.eval_data)
+    train_sources = [os.path.basename(os.path.normpath(d)) for d in args.data]
+    all_sources = list(sets)
+    if args.limit:  # the checkpoint then records what was really used
+        for source, split in sets.items():
+            for name in split:
+                split[name] = split[name][:args.limit]
+            summary[source].update(limit=args.limit, scenes={k: len(v) for k, v in split.items()},
+                                   faces={k: int(sum(len(s.boxes) for s in v)) for k, v in split.items()})
+    for line in hygiene_lines(summary):
+        say(line)
+    settings = edge_settings()
+    to_common, eval_adjust, source_report = engine.prepare_sources(
+        sets, os.path.dirname(args.init), settings, args.cache_dir, args.box_style, train_sources,
+        parse_ignore(args.ignore_unannotated, train_sources), threads=args.threads)
+    for source, entry in source_report.items():
+        summary[source].update(entry)
+        say("%s: %s" % (source, entry))
+    train_scenes = [s for src in train_sources for s in sets[src]["train"]]
+    dataset = TrainScenes(train_scenes, TrainAugment(args.input_size, settings["input_size"], args.scale_range),
+                          to_common, seed=args.seed)
+    sampler = None
+    if args.balance and len(train_sources) > 1:
+        # Each source equally often (with replacement), whatever its size: the larger set
+        # otherwise sets the box style and the scene mix of most crops.
+        sizes = {src: len(sets[src]["train"]) for src in train_sources}
+        weights = torch.tensor([1.0 / sizes[s.source] for s in train_scenes], dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_scenes), replacement=True,
+                                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, drop_last=True, num_workers=args.workers,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
+    net = freeze_for_finetuning(load_from_onnx(args.init))
+    if args.freeze == "stage1":
+        for p in net.fx.stage1.parameters():
+            p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, engine.warmup_cosine(steps, max(1, int(args.warmup_epochs * len(loader)))))
+    criterion = MultiBoxLoss(min_negatives=args.min_negatives)
+    anchors = anchor_boxes(args.input_size, args.input_size)
+    meta = checkpoint.describe(args.init, args.box_style, eval_adjust, summary, vars(args), args.input_size,
+                               train_sources)
+    history, best, start = [], None, 1
+    if args.resume:
+        state = checkpoint.read(args.resume)
+        net.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        history, best, start = state["history"], state["best"], state["epoch"] + 1
+        say("resumed from %s after epoch %d (best val AP50 %.4f)" % (args.resume, state["epoch"], best["score"]))
+    else:
+        val = engine.validate(net, sets, train_sources, "val", eval_adjust, settings)
+        best = {"epoch": 0, "score": float(np.mean([v["ap50"] for v in val.values()]))}
+        history.append({"epoch": 0, "val": val})
+        for source, r in val.items():
+            say("epoch 0 (initial weights) val %s: %s" % (source, format_scores(r)))
+        checkpoint.save(os.path.join(args.out, "best.pt"), net, meta, epoch=0, history=history, best=best)
+    say("%d training scenes, %d steps per epoch, %d epochs" % (len(dataset), len(loader), args.epochs))
+    for epoch in range(start, args.epochs + 1):
+        started = time.time()
+        dataset.epoch = epoch
+        losses = engine.train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch)
+        entry = {"epoch": epoch, "loss": losses[0], "box": losses[1], "cls": losses[2],
+                 "positives_per_image": losses[3], "seconds": round(time.time() - started, 1)}
+        line = "epoch %d/%d loss %.4f (box %.4f cls %.4f, %.1f positives/crop) %.0f s" % (
+            epoch, args.epochs, losses[0], losses[1], losses[2], losses[3], entry["seconds"])
+        if epoch % args.val_every == 0 or epoch == args.epochs:
+            entry["val"] = engine.validate(net, sets, train_sources, "val", eval_adjust, settings)
+            score = float(np.mean([v["ap50"] for v in entry["val"].values()]))
+            line += " | val AP50 " + " ".join("%s %.4f" % (s, v["ap50"]) for s, v in entry["val"].items())
+            if score > best["score"]:
+                best = {"epoch": epoch, "score": score}
+                checkpoint.save(os.path.join(args.out, "best.pt"), net, meta, epoch=epoch,
+                                history=history + [entry], best=best)
+                line += " (best)"
+        history.append(entry)
+        say(line)
+        checkpoint.save(os.path.join(args.out, "last.pt"), net, meta, epoch=epoch, history=history, best=best,
+                        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict())
+    report(args, sets, train_sources, all_sources, eval_adjust, settings, say)
+    log.close()
+
+
+def report(args, sets, train_sources, all_sources, eval_adjust, settings, say):
+    """Test (and val) metrics of best.pt on every set; written into best.pt and metrics.json."""
+    path = os.path.join(args.out, "best.pt")
+    state = checkpoint.read(path)
+    net, meta = checkpoint.load_net(path)
+    metrics = {"selected_epoch": state["epoch"], "settings": settings,
+               "val": engine.validate(net, sets, all_sources, "val", eval_adjust, settings),
+               "test": engine.validate(net, sets, all_sources, "test", eval_adjust, settings)}
+    reference = load_from_onnx(args.init)
+    metrics["landmark_drift_val"] = engine.landmark_drift(
+        net, reference, sets[train_sources[0]]["val"][:32], settings["input_size"])
+    for split in ("val", "test"):
+        for source, r in metrics[split].items():
+            say("best (epoch %d) %s %s: %s" % (state["epoch"], split, source, format_scores(r)))
+    say("landmark drift (median point shift, anchor sizes): %s" % metrics["landmark_drift_val"])
+    meta["metrics"] = metrics
+    state["meta"] = meta
+    checkpoint.save(path, net, meta, **{k: v for k, v in state.items()
+                                        if k not in ("format", "meta", "model_state")})
+    with open(os.path.join(args.out, "metrics.json"), "w") as stream:
+        json.dump(metrics, stream, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Training and validation steps, and the per-source preparation (box framing, ignore regions)."""
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train.detector import boxstyle
+from train.detector.augment import preprocess
+from train.detector.evaluate import TorchRetinaFace, evaluate_scenes, source_adjustments
+from train.detector.loss import build_targets
+
+
+def prepare_sources(sets, models_dir, settings, cache_dir, box_style, train_sources, ignore_scores,
+                    threads=1):
+    """Measure each source with the original detector on its train scenes (cached) and set
+    up training: returns (to_common {source: adjustment into the training framing},
+    eval_adjust {source: adjustment applied to the model's boxes when scoring on it},
+    report {source: {...}}). Fills ``scene.ignore`` of training sources asked for in
+    ``ignore_scores`` ({source: min detector score}) with their unannotated faces.
+    """
+    fitted, report, dets = source_adjustments(sets, models_dir, settings, cache_dir, threads)
+    for source, split in sets.items():
+        threshold = ignore_scores.get(source)
+        if threshold is not None and source in train_sources:
+            n = 0
+            for scene in split["train"]:
+                boxes, scores = dets[source][scene.key]
+                scene.ignore = boxstyle.unannotated(boxes, scores, scene.boxes, threshold)
+                n += len(scene.ignore)
+            report[source]["ignored_unannotated"] = {"min_score": threshold, "regions": n}
+    if box_style == "common":
+        to_common = {s: boxstyle.invert(a) for s, a in fitted.items()}
+        eval_adjust = dict(fitted)
+    else:  # native: outputs framed like the first training source
+        first = fitted[train_sources[0]]
+        to_common = {s: boxstyle.IDENTITY for s in fitted}
+        eval_adjust = {s: boxstyle.compose(boxstyle.invert(first), a) for s, a in fitted.items()}
+    return to_common, eval_adjust, report
+
+
+def warmup_cosine(total_steps, warmup_steps, floor=0.01):
+    """LR multiplier per step: linear warm-up, then cosine down to ``floor`` x the base LR."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / float(warmup_steps)
+        t = (step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return factor
+
+
+def train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch):
+    """One pass over ``loader``; returns mean (loss, box term, class term, positives per image)."""
+    net.train()
+    sums, n = np.zeros(4), 0
+    with tqdm(loader, desc="epoch %d" % epoch, disable=None, leave=False) as bar:
+        for images, boxes, ignore in bar:
+            labels, targets = build_targets(boxes, ignore, anchors)
+            loc, conf, _ = net(images)
+            loss, box_term, cls_term = criterion(loc, conf, labels, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            pos = float((labels == 1).sum()) / len(images)
+            sums += [loss.item(), box_term.item(), cls_term.item(), pos]
+            n += 1
+            bar.set_postfix(loss="%.3f" % (sums[0] / n), lr="%.2e" % optimizer.param_groups[0]["lr"])
+    return sums / max(n, 1)
+
+
+def validate(net, sets, sources, split, eval_adjust, settings):
+    """Face metrics of the PyTorch network on ``split`` of each source: {source: result}."""
+    net.eval()
+    out = {}
+    for source in sources:
+        scenes = sets[source][split]
+        detector = TorchRetinaFace(net, box_adjust=eval_adjust[source], **settings)
+        with tqdm(total=len(scenes), desc="%s %s" % (source, split), disable=None, leave=False) as bar:
+            out[source] = evaluate_scenes(detector, scenes, bar)
+    return out
+
+
+def landmark_drift(net, reference, scenes, input_size, min_score=0.5):
+    """How far the landmark outputs moved from the original network's, on anchors that the
+    trained network calls a face (score >= ``min_score``): median point displacement in units
+    of the anchor's size (0.1 x the raw difference, the centre variance), over ``scenes``."""
+    import cv2
+    moved = []
+    net.eval()
+    for scene in scenes:
+        image = cv2.imread(scene.path, cv2.IMREAD_COLOR)
+        scale = float(input_size) / max(image.shape[:2])
+        size = (int(round(image.shape[1] * scale)), int(round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        x = torch.from_numpy(preprocess(image))
+        with torch.no_grad():
+            _, conf, lm = net(x)
+            _, _, lm_ref = reference(x)
+        face = torch.softmax(conf[0], -1)[:, 1] >= min_score
+        if face.any():
+            diff = (lm[0][face] - lm_ref[0][face]).view(-1, 5, 2).norm(dim=2) * 0.1
+            moved.append(diff.flatten().numpy())
+    if not moved:
+        return None
+    return round(float(np.median(np.concatenate(moved))), 4)
