@@ -185,6 +185,7 @@ def step_encode(ctx):
         raise Fail("videotestsrc -> nvvidconv -> nvv4l2h264enc failed (exit %d)" % code, details)
     details["decoded_back"] = _count_frames(clip)
     import numpy as np
+
     from edge.io.sinks import open_sink
     own = os.path.join(ctx.out, "encode-service-sink.mp4")
     sink = open_sink(own, fps=30)  # the service's file output: nvv4l2h264enc on a Jetson
@@ -241,8 +242,9 @@ def step_engine(ctx):
     from edge.infer.samples import shipped_faces
     model = os.path.join(REPO, "models", "mask_classifier.onnx")
     faces = shipped_faces(model)
-    import tensorrt
     import pycuda.driver as cuda
+    import tensorrt
+
     from edge.common import sha256
     messages = []
     # Named as the service's cache names it: edge-bench below uses it instead of building again.
@@ -321,6 +323,7 @@ def synthetic_clip(path, frames=300):
     """A 1280x720 clip of the shipped face crops gliding over a gradient, through the service's sink."""
     import cv2
     import numpy as np
+
     from edge.infer.samples import shipped_faces
     from edge.io.sinks import open_sink
     faces = [cv2.cvtColor(cv2.resize(rgb, (96, 112)), cv2.COLOR_RGB2BGR)

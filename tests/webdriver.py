@@ -10,7 +10,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from mqtt_broker import free_port
 
 # Headless as root in a container, with no calls home (the build machines are offline).

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 import yaml
+from test_faults import Service, count_frames, model  # noqa: F401 (model: the fixture)
 
 from conftest import ROOT, data_path
 from edge.app import events as ev
-from test_faults import Service, count_frames, model  # noqa: F401 (model: the fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
+from test_detect import SCENES, big, found, need_data, scene
 
 from edge.errors import ConfigError, ModelError
 from edge.infer.detect import create_detector
 from edge.infer.detectors import mtcnn
 from edge.infer.detectors.files import DEFAULT_DIR
-from test_detect import SCENES, big, found, need_data, scene
 
 MODELS = DEFAULT_DIR
 

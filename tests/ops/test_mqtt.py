@@ -7,11 +7,11 @@ import sys
 import time
 
 import pytest
+from mqtt_broker import Broker, Subscriber
 
 from conftest import ROOT, data_path, require_detectors
 from edge.errors import ConfigError
 from edge.ops.mqtt import MqttPublisher, parse_url
-from mqtt_broker import Broker, Subscriber
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (pip install .[mqtt])")
 

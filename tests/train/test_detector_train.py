@@ -198,6 +198,7 @@ def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
 
 def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path):
     import onnx
+
     from edge.infer.detectors.retinaface import RetinaFaceDetector
     from train.detector import checkpoint
     from train.detector.export import export

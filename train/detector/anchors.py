@@ -9,8 +9,7 @@ targets because the encoding is relative to the anchor.
 import numpy as np
 import torch
 
-from edge.infer.detectors.retinaface import (ANCHOR_SIZES, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE,
-                                             anchors_for)
+from edge.infer.detectors.retinaface import ANCHOR_SIZES, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE, anchors_for
 
 POSITIVE_IOU = 0.35  # the original's overlap threshold
 FORCED_MIN_IOU = 0.2  # a face is forced onto its best anchor only if they overlap this much

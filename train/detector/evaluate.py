@@ -155,6 +155,7 @@ def model_detector(model, settings, box_adjust, threads=1):
     (TorchRetinaFace); returns (detector, the model's box_convention metadata or None)."""
     import json
     import tempfile
+
     from edge.infer.detectors.retinaface import ONNX_FILE
     if model.endswith(".pt"):
         from train.detector.checkpoint import load_net
@@ -175,6 +176,7 @@ def main(argv=None):
     """``python -m train.detector.evaluate MODEL --data DIR [--data DIR2] [--split test]``."""
     import argparse
     import json
+
     from edge.infer.detectors.retinaface import BOX_ADJUST
     from train.detector.data import load_sets
     p = argparse.ArgumentParser(prog="python -m train.detector.evaluate",

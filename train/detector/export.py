@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from edge.infer.detectors.retinaface import ONNX_FILE
-from train.detector.checkpoint import CheckpointError, load_net
 from train.detector.augment import preprocess
+from train.detector.checkpoint import CheckpointError, load_net
 from train.detector.evaluate import edge_settings
 from train.detector.net import WithSoftmax
 
