@@ -20,10 +20,10 @@ class CheckpointError(ValueError):
     """A file is not a usable checkpoint of this project."""
 
 
-def save(path, model, meta, **state):
+def save(path, model, meta, checkpoint_format=FORMAT, **state):
     """Write a checkpoint atomically (temporary file, then rename)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload = {"format": FORMAT, "meta": meta, "model_state": model.state_dict()}
+    payload = {"format": checkpoint_format, "meta": meta, "model_state": model.state_dict()}
     payload.update(state)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -37,16 +37,24 @@ def save(path, model, meta, **state):
             os.remove(tmp)
 
 
-def read(path):
-    """Load and check a checkpoint dict; ``CheckpointError`` says what is wrong."""
+def load_payload(path, expected_format=FORMAT, kind="a checkpoint of this project", error=None):
+    """The checkpoint dict at ``path`` if its ``format`` is ``expected_format``; else ``error``
+    (default ``CheckpointError``) says what the file is not."""
+    error = error or CheckpointError
     if not os.path.isfile(path):
-        raise CheckpointError("checkpoint not found: %s" % path)
+        raise error("checkpoint not found: %s" % path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError("%s is not a PyTorch checkpoint: %s" % (path, exc)) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError("%s is not a checkpoint of this project (expected format %s)" % (path, FORMAT))
+        raise error("%s is not a PyTorch checkpoint: %s" % (path, exc)) from exc
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise error("%s is not %s (expected format %s)" % (path, kind, expected_format))
+    return payload
+
+
+def read(path):
+    """Load and check a checkpoint dict; ``CheckpointError`` says what is wrong."""
+    payload = load_payload(path)
     missing = [k for k in ("meta", "model_state") if k not in payload]
     if missing:
         raise CheckpointError("%s is missing %s" % (path, ", ".join(missing)))

@@ -6,12 +6,11 @@ it, what it was trained on and under which licences, its metrics), ``model_state
 ``export.py`` copies ``meta`` into the ONNX file's metadata.
 """
 import os
-import tempfile
-
-import torch
 
 from edge.infer.detectors.retinaface import BOX_ADJUST, MEAN_BGR
 from train.detector.anchors import anchor_spec
+from train.checkpoint import load_payload
+from train.checkpoint import save as save_checkpoint
 from train.detector.net import ARCH, RetinaFace
 
 FORMAT = "maskgate-detector-checkpoint/1"
@@ -66,30 +65,12 @@ def _sha256(path):
 
 def save(path, net, meta, **state):
     """Write a checkpoint atomically (temporary file, then rename)."""
-    payload = {"format": FORMAT, "meta": meta, "model_state": net.state_dict()}
-    payload.update(state)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_checkpoint(path, net, meta, checkpoint_format=FORMAT, **state)
 
 
 def read(path):
     """Load and check a checkpoint dict; ``CheckpointError`` says what is wrong."""
-    if not os.path.isfile(path):
-        raise CheckpointError("checkpoint not found: %s" % path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError("%s is not a PyTorch checkpoint: %s" % (path, exc)) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError("%s is not a detector checkpoint (expected format %s)" % (path, FORMAT))
+    payload = load_payload(path, FORMAT, "a detector checkpoint", CheckpointError)
     if payload.get("meta", {}).get("arch") != ARCH:
         raise CheckpointError("%s holds %r, not %s" % (path, payload.get("meta", {}).get("arch"), ARCH))
     return payload
