@@ -14,12 +14,13 @@ export MASKGATE_DATA := $(abspath $(DATA))
 DEMO_INPUT ?= $(DATA)/videos/kaggle853_test_scenes.mp4
 OUT ?= out
 
-.PHONY: help install install-edge system-deps test-deps weights models mtcnn train train-detector demo evaluate bench test lint floor-test soak nano-check clean
+.PHONY: help install install-edge system-deps test-deps weights models mtcnn train train-three-class train-detector demo evaluate bench test lint floor-test soak nano-check clean
 
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
 	@echo "make test     run the test suite"
 	@echo "make train    train the default classifier (see README: model card)"
+	@echo "make train-three-class  the mask / no_mask / incorrect candidate (docs/model-card.md)"
 	@echo "make train-detector  fine-tune the RetinaFace face detector (train/detector)"
 	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
 	@echo "make models   provision the face-detector files (checked by sha256; MTCNN's where torch is)"
@@ -75,6 +76,12 @@ train: install weights models  # models: the detectors that --face-crop uses
 # Fine-tunes RetinaFace-MobileNet0.25 from the provisioned ONNX (models: its starting weights),
 # the command train/detector documents; the ONNX for the edge is then
 # `python -m train.detector.export runs/det/best.pt --out DIR`.
+# The three-class candidate: synthesized mask wearing first (checked by the shipped model).
+runs/maskwear/manifest.csv:
+	$(PY) -m train.maskwear --data $(DATA) --out runs/maskwear --per-face 2
+train-three-class: install weights models runs/maskwear/manifest.csv
+	$(PY) -m train --config train/configs/three_class.yaml
+
 train-detector: install models
 	$(PY) -m train.detector --data $(DATA)/kaggle853 --out runs/det
 
