@@ -73,15 +73,15 @@ mtcnn: install
 train: install weights models  # models: the detectors that --face-crop uses
 	$(PY) -m train --config train/configs/default.yaml
 
-# Fine-tunes RetinaFace-MobileNet0.25 from the provisioned ONNX (models: its starting weights),
-# the command train/detector documents; the ONNX for the edge is then
-# `python -m train.detector.export runs/det/best.pt --out DIR`.
 # The three-class candidate (docs/model-card.md); the synthesized wearing set it was compared with.
 train-three-class: install weights models
 	$(PY) -m train --config train/configs/three_class.yaml
 runs/maskwear/manifest.csv: install models
 	$(PY) -m train.maskwear --data $(DATA) --out runs/maskwear --per-face 2
 
+# Fine-tunes RetinaFace-MobileNet0.25 from the provisioned ONNX (models: its starting weights),
+# the command train/detector documents; the ONNX for the edge is then
+# `python -m train.detector.export runs/det/best.pt --out DIR`.
 train-detector: install models
 	$(PY) -m train.detector --data $(DATA)/kaggle853 --out runs/det
 
