@@ -33,6 +33,8 @@ def build_analyzer(config, timer=None):
     """
     det, clf = config["detector"], config["classifier"]
     options = {} if det["input_size"] is None else {"input_size": det["input_size"]}
+    if det["model"] is not None:
+        options["model"] = resolve_path(det["model"])
     # models_dir None: the detectors' default ($MASKGATE_DETECTORS, else models/detectors).
     detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"]),
                                confidence=det["confidence"], min_size=det["min_size"],

@@ -5,10 +5,13 @@ scores float32 N, best first. The detectors:
 
 - ``haar``: OpenCV's frontal-face cascade (ships with OpenCV; fast, misses masked faces);
 - ``ssd``: OpenCV's res10 SSD (Caffe, cv2.dnn);
-- ``retinaface``: RetinaFace-MobileNet0.25 (ONNX, onnxruntime); finds masked faces;
+- ``retinaface``: RetinaFace-MobileNet0.25 fine-tuned here on masked crowds (ONNX,
+  onnxruntime; shipped as models/face_detector.onnx); finds masked and tiny faces;
+- ``retinaface-wider``: the same network with its original WIDER FACE weights;
 - ``mtcnn``: MTCNN's P-, R- and O-Net cascade (ONNX, onnxruntime), the seed paper's detector.
 
-The model files come from ``python -m edge.provision`` (``make models``); MTCNN's from
+The model files come from ``python -m edge.provision`` (``make models``), except the
+fine-tuned RetinaFace (in the repository); MTCNN's from
 ``python -m export.mtcnn`` on a machine with torch (``make mtcnn``), copied to a device.
 """
 import importlib
@@ -23,16 +26,18 @@ DETECTORS = {
     "haar": ("edge.infer.detectors.haar", "HaarDetector"),
     "ssd": ("edge.infer.detectors.ssd", "SsdDetector"),
     "retinaface": ("edge.infer.detectors.retinaface", "RetinaFaceDetector"),
+    "retinaface-wider": ("edge.infer.detectors.retinaface", "WiderRetinaFaceDetector"),
     "mtcnn": ("edge.infer.detectors.mtcnn", "MtcnnDetector"),
 }
 
 def create_detector(name, models_dir=None, confidence=0.5, min_size=10, nms_iou=0.4, **options):
-    """Build the face detector ``name`` (haar, ssd, retinaface, mtcnn).
+    """Build the face detector ``name`` (haar, ssd, retinaface, retinaface-wider, mtcnn).
 
     ``confidence``: lowest score kept (0..1); ``min_size``: smallest face kept, longest side
     in frame pixels; ``nms_iou``: overlap above which duplicates are merged;
     ``options``: the detector's own (see each class), e.g. ``input_size`` (long side, px),
-    ``min_neighbors`` (haar), ``threads`` (retinaface, mtcnn), ``thresholds`` (mtcnn).
+    ``min_neighbors`` (haar), ``threads`` (retinaface, mtcnn), ``thresholds`` (mtcnn),
+    ``model`` (retinaface: another fine-tuned export).
     Raises ConfigError for an unknown name or option, ModelError for a missing model file.
     """
     if name not in DETECTORS:

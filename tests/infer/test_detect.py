@@ -16,7 +16,7 @@ from edge.errors import ConfigError, ModelError
 from edge.infer.detect import DETECTORS, create_detector, nms
 from edge.infer.detectors.base import check_frame
 from edge.infer.detectors.files import DEFAULT_DIR
-from edge.infer.detectors.retinaface import anchors_for, decode
+from edge.infer.detectors.retinaface import BOX_ADJUST, SHIPPED_MODEL, anchors_for, decode
 
 DATA = os.path.join(SHARED_DATA, "kaggle853")
 MODELS = DEFAULT_DIR
@@ -70,12 +70,13 @@ def detectors():
     return {name: create_detector(name) for name in DETECTORS if name != "mtcnn"}
 
 
-def test_retinaface_finds_annotated_faces(detectors):
+@pytest.mark.parametrize("detector", ["retinaface", "retinaface-wider"])
+def test_retinaface_finds_annotated_faces(detectors, detector):
     need_data()
     total = hits = 0
     for name in SCENES:
         image, faces = scene(name)
-        boxes, scores = detectors["retinaface"].detect(image)
+        boxes, scores = detectors[detector].detect(image)
         assert boxes.dtype == np.float32 and scores.dtype == np.float32
         assert boxes.shape == (len(scores), 4)
         assert np.all(np.diff(scores) <= 0), "best first"
@@ -83,7 +84,7 @@ def test_retinaface_finds_annotated_faces(detectors):
         assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
         truth = big(faces)
         total, hits = total + len(truth), hits + found(truth, boxes)
-    assert hits >= 0.85 * total, "retinaface found %d of %d faces >= 32 px" % (hits, total)
+    assert hits >= 0.85 * total, "%s found %d of %d faces >= 32 px" % (detector, hits, total)
 
 
 def test_retinaface_finds_masked_faces_haar_misses(detectors):
@@ -165,11 +166,42 @@ def test_unknown_detector_and_option():
         create_detector("haar", bogus_option=1)
 
 
-@pytest.mark.parametrize("name", ["ssd", "retinaface"])
+@pytest.mark.parametrize("name", ["ssd", "retinaface-wider"])
 def test_missing_model_file_says_make_models(tmp_path, name):
     with pytest.raises(ModelError) as err:
         create_detector(name, models_dir=str(tmp_path))
     assert "make models" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_the_default_detector_is_the_shipped_fine_tuned_one_and_reads_its_metadata():
+    detector = create_detector("retinaface")
+    assert detector.path == SHIPPED_MODEL and os.path.isfile(SHIPPED_MODEL)
+    # Trained in the original's box framing ("common"), so its metadata asks for BOX_ADJUST.
+    assert np.allclose(detector.box_adjust, BOX_ADJUST)
+    assert create_detector("retinaface", box_adjust=None).box_adjust is None  # an explicit option wins
+
+
+def test_a_detector_file_without_its_metadata_is_refused_naming_the_file():
+    need_models()
+    wider = os.path.join(MODELS, "retinaface_mnet025.onnx")
+    with pytest.raises(ModelError) as err:
+        create_detector("retinaface", model=wider)
+    assert wider in str(err.value) and "retinaface-wider" in str(err.value)
+    with pytest.raises(ModelError, match="nowhere.onnx is missing"):
+        create_detector("retinaface", model="/nowhere.onnx")
+
+
+def test_a_detector_whose_anchors_differ_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="editing the metadata needs the onnx package (make test-deps)")
+    model = onnx.load(SHIPPED_MODEL)
+    for prop in model.metadata_props:
+        if prop.key == "anchors":
+            prop.value = prop.value.replace("[16, 32]", "[10, 20]")
+    path = str(tmp_path / "other_anchors.onnx")
+    onnx.save(model, path)
+    with pytest.raises(ModelError) as err:
+        create_detector("retinaface", model=path)
+    assert path in str(err.value) and "anchors" in str(err.value)
 
 
 def test_provision_is_idempotent_and_checks_sha256(tmp_path, capsys):

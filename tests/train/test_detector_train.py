@@ -199,7 +199,7 @@ def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
 def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path):
     import onnx
 
-    from edge.infer.detectors.retinaface import RetinaFaceDetector
+    from edge.infer.detectors.retinaface import RetinaFaceDetector, WiderRetinaFaceDetector
     from train.detector import checkpoint
     from train.detector.export import export
     net = load_from_onnx(onnx_path)
@@ -221,8 +221,10 @@ def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path
         assert props.get(key), key
     assert "CC0" in props["licences"]
     # The edge's detector runs the exported file unchanged: same faces as the original.
-    new = RetinaFaceDetector(str(tmp_path / "out"), input_size=480, confidence=0.3, min_size=8)
-    old = RetinaFaceDetector(os.path.dirname(onnx_path), input_size=480, confidence=0.3, min_size=8)
+    assert os.path.basename(path) == "face_detector.onnx"
+    new = RetinaFaceDetector(None, model=path, input_size=480, confidence=0.3, min_size=8)
+    old = WiderRetinaFaceDetector(os.path.dirname(onnx_path), input_size=480, confidence=0.3, min_size=8)
+    assert np.array_equal(new.box_adjust, old.box_adjust)  # "common" framing: the metadata asks for BOX_ADJUST
     (b_new, s_new), (b_old, s_old) = new.detect(image), old.detect(image)
     assert len(s_new) == len(s_old) >= 1
     assert np.abs(b_new - b_old).max() < 1e-2 and np.abs(s_new - s_old).max() < 1e-4

@@ -1,6 +1,7 @@
 """Fine-tuning of the product's face detector (RetinaFace-MobileNet0.25) on masked crowds.
 
-``python -m train.detector --data ../shared/data/kaggle853 --out runs/det`` trains,
-``python -m train.detector.export runs/det/best.pt`` writes an ONNX file that
-``edge/infer/detectors/retinaface.py`` runs unchanged. RESULTS.md records what was measured.
+``python -m train.detector --data ../shared/data/kaggle853 --out runs/det`` trains (``make
+train-detector``: the shipped recipe), ``python -m train.detector.export runs/det/best.pt --out
+FILE.onnx`` writes the ONNX file that ``edge/infer/detectors/retinaface.py`` runs.
+docs/detector-card.md records the recipe, its data and what was measured.
 """

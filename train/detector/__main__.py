@@ -6,8 +6,8 @@ Starts from the product's ONNX weights (``--init``), validates on each training 
 ``val`` split at the edge's own settings (``evaluate.edge_settings``: long side 960,
 confidence 0.3, min size 8, NMS 0.4), keeps the epoch with the best mean val face AP@0.5
 (``best.pt``; ``last.pt`` every epoch, ``--resume last.pt`` continues), then reports
-``test`` for every set given (``--data`` and the held-out ``--eval-data``). RESULTS.md
-records the recipe that was measured and why.
+``test`` for every set given (``--data`` and the held-out ``--eval-data``).
+docs/detector-card.md records the recipe that was measured and why.
 """
 import argparse
 import json

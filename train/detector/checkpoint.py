@@ -8,9 +8,9 @@ it, what it was trained on and under which licences, its metrics), ``model_state
 import os
 
 from edge.infer.detectors.retinaface import BOX_ADJUST, MEAN_BGR
-from train.detector.anchors import anchor_spec
 from train.checkpoint import load_payload
 from train.checkpoint import save as save_checkpoint
+from train.detector.anchors import anchor_spec
 from train.detector.net import ARCH, RetinaFace
 
 FORMAT = "maskgate-detector-checkpoint/1"

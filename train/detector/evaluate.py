@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edge.app import config as edge_config
 from edge.common import sha256
 from edge.infer.detectors.base import Detector, empty
-from edge.infer.detectors.retinaface import RetinaFaceDetector, anchors_for, decode
+from edge.infer.detectors.retinaface import ONNX_FILE, RetinaFaceDetector, WiderRetinaFaceDetector, anchors_for, decode
 from edge.measure.metrics import average_precision, greedy_match, size_bin
 from train.detector import boxstyle
 from train.detector.augment import preprocess
@@ -65,8 +65,8 @@ class TorchRetinaFace(Detector):
 
 
 def onnx_detector(models_dir, box_adjust, threads=1, **settings):
-    """The edge's own RetinaFaceDetector on ``models_dir/retinaface_mnet025.onnx``."""
-    return RetinaFaceDetector(models_dir, threads=threads, box_adjust=box_adjust, **settings)
+    """The edge's own detector on the original ``models_dir/retinaface_mnet025.onnx``."""
+    return WiderRetinaFaceDetector(models_dir, threads=threads, box_adjust=box_adjust, **settings)
 
 
 class FaceScores(object):
@@ -154,9 +154,7 @@ def model_detector(model, settings, box_adjust, threads=1):
     """A Detector for an ONNX file (the edge's RetinaFaceDetector) or a best.pt checkpoint
     (TorchRetinaFace); returns (detector, the model's box_convention metadata or None)."""
     import json
-    import tempfile
 
-    from edge.infer.detectors.retinaface import ONNX_FILE
     if model.endswith(".pt"):
         from train.detector.checkpoint import load_net
         net, meta = load_net(model)
@@ -164,12 +162,11 @@ def model_detector(model, settings, box_adjust, threads=1):
         return TorchRetinaFace(net, box_adjust=box_adjust, **settings), meta.get("box_convention")
     import onnx
     props = dict((p.key, p.value) for p in onnx.load(model, load_external_data=False).metadata_props)
-    folder = os.path.dirname(os.path.abspath(model))
-    if os.path.basename(model) != ONNX_FILE:  # the edge looks for its fixed file name
-        folder = tempfile.mkdtemp(prefix="det-eval-")
-        os.symlink(os.path.abspath(model), os.path.join(folder, ONNX_FILE))
-    convention = json.loads(props["box_convention"]) if "box_convention" in props else None
-    return onnx_detector(folder, box_adjust, threads=threads, **settings), convention
+    if "box_convention" not in props and os.path.basename(model) == ONNX_FILE:  # the WIDER FACE original
+        return onnx_detector(os.path.dirname(os.path.abspath(model)), box_adjust, threads=threads,
+                             **settings), None
+    detector = RetinaFaceDetector(None, model=model, threads=threads, box_adjust=box_adjust, **settings)
+    return detector, json.loads(props["box_convention"])
 
 
 def main(argv=None):

@@ -1,6 +1,8 @@
-"""``python -m train.detector.export CHECKPOINT --out DIR``: a fine-tuned detector as ONNX.
+"""``python -m train.detector.export CHECKPOINT --out DIR|FILE.onnx``: a fine-tuned detector as ONNX.
 
-The file is a drop-in for ``models/detectors/retinaface_mnet025.onnx``: one input ``input``
+The file (``DIR/face_detector.onnx``, or FILE.onnx) is what the edge's ``retinaface``
+detector runs: the shipped ``models/face_detector.onnx``, or another one named by
+``detector.model`` (``--detector-model``). One input ``input``
 (N, 3, H, W) float32 BGR minus the mean, outputs ``loc`` (N, A, 4), ``conf`` (N, A, 2,
 softmaxed) and ``landmarks`` (N, A, 10) with batch, height and width dynamic; opset 13
 (TensorRT 8.2 on the Nano parses up to 13). ``edge/infer/detectors/retinaface.py`` runs it
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from edge.infer.detectors.retinaface import ONNX_FILE
+from edge.infer.detectors.retinaface import SHIPPED_MODEL
 from train.detector.augment import preprocess
 from train.detector.checkpoint import CheckpointError, load_net
 from train.detector.evaluate import edge_settings
@@ -30,6 +32,7 @@ from train.detector.net import WithSoftmax
 
 OPSET = 13
 OUTPUTS = ("loc", "conf", "landmarks")
+FILE_NAME = os.path.basename(SHIPPED_MODEL)  # face_detector.onnx
 
 
 def metadata_props(meta, checkpoint_path):
@@ -110,9 +113,9 @@ def check_parity(wrapped, onnx_path, blobs, atol):
     return worst
 
 
-def export(checkpoint_path, out_dir, blobs=None, atol=1e-4):
-    """Export a checkpoint to ``out_dir/retinaface_mnet025.onnx`` after the parity check;
-    returns (path, worst differences, number of inputs compared)."""
+def export(checkpoint_path, out, blobs=None, atol=1e-4):
+    """Export a checkpoint to ``out`` (a .onnx path, or a folder for face_detector.onnx) after
+    the parity check; returns (path, worst differences, number of inputs compared)."""
     import onnx
     net, meta = load_net(checkpoint_path)
     wrapped = WithSoftmax(net).eval()
@@ -121,7 +124,7 @@ def export(checkpoint_path, out_dir, blobs=None, atol=1e-4):
     dynamic.update((name, {0: "batch_size", 1: "anchors"}) for name in OUTPUTS)
     tmp_dir = tempfile.mkdtemp(prefix="det-export-")
     try:
-        tmp = os.path.join(tmp_dir, ONNX_FILE)
+        tmp = os.path.join(tmp_dir, FILE_NAME)
         torch.onnx.export(wrapped, (torch.from_numpy(blobs[0]),), tmp, dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=list(OUTPUTS), dynamic_axes=dynamic,
                           do_constant_folding=True)
@@ -132,8 +135,8 @@ def export(checkpoint_path, out_dir, blobs=None, atol=1e-4):
             entry.key, entry.value = key, value
         onnx.save(model, tmp)
         worst = check_parity(wrapped, tmp, blobs, atol)
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, ONNX_FILE)
+        path = out if out.endswith(".onnx") else os.path.join(out, FILE_NAME)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         shutil.move(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -143,8 +146,9 @@ def export(checkpoint_path, out_dir, blobs=None, atol=1e-4):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m train.detector.export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="best.pt of a python -m train.detector run")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for %s (point the edge's detector.models_dir at it)" % ONNX_FILE)
+    p.add_argument("--out", required=True, metavar="DIR|FILE.onnx",
+                   help="folder for %s, or the file's path (the edge runs it with --detector-model "
+                        "FILE; %s is the shipped one)" % (FILE_NAME, os.path.relpath(SHIPPED_MODEL)))
     p.add_argument("--data", action="append", metavar="DIR",
                    help="scene sets for the parity check (default: the checkpoint's training data)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime - PyTorch|")
