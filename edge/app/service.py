@@ -134,8 +134,10 @@ def serve(config, stopper, reread=None):
 def _describe(video):
     """Log the models in use and put the backend (and why, after a fallback) in health."""
     config, classifier = video.config, video.analyzer.classifier
-    log.info("run %s: detector %s, classifier %s (%s backend%s, classes %s)", video.run_id,
-             config["detector"]["name"], resolve_path(config["classifier"]["model"]), classifier.backend,
+    detector = video.analyzer.detector
+    log.info("run %s: detector %s%s, classifier %s (%s backend%s, classes %s)", video.run_id,
+             config["detector"]["name"], " (%s)" % detector.path if getattr(detector, "path", None) else "",
+             resolve_path(config["classifier"]["model"]), classifier.backend,
              ", fallback: %s" % classifier.fallback if classifier.fallback else "",
              ",".join(video.analyzer.classes))
     if video.health is not None:

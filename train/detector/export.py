@@ -40,7 +40,9 @@ def metadata_props(meta, checkpoint_path):
     # Only the sets trained on bind the model (the first checkpoints listed the sets only
     # evaluated on beside them; train_args says which were trained on).
     trained_on = [os.path.basename(os.path.normpath(d)) for d in meta["train_args"].get("data") or []]
-    training = {source: {"folder": e.get("folder"), "licence": e.get("licence"), "scenes": e.get("scenes"),
+    # The folder name only: the file ships, the training machine's paths mean nothing elsewhere.
+    training = {source: {"folder": os.path.basename(os.path.normpath(e.get("folder") or "")),
+                         "licence": e.get("licence"), "scenes": e.get("scenes"),
                          "faces": e.get("faces")} for source, e in meta["training_data"].items()
                 if source in trained_on}
     props = {
