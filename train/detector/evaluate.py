@@ -150,23 +150,29 @@ def format_scores(r):
         r["fp_per_image"] or 0, r["n_images"], r["n_faces"])
 
 
-def model_detector(model, settings, box_adjust, threads=1):
-    """A Detector for an ONNX file (the edge's RetinaFaceDetector) or a best.pt checkpoint
-    (TorchRetinaFace); returns (detector, the model's box_convention metadata or None)."""
+def model_convention(model):
+    """The box_convention metadata of a best.pt checkpoint or an ONNX file (None: the original)."""
     import json
 
     if model.endswith(".pt"):
-        from train.detector.checkpoint import load_net
-        net, meta = load_net(model)
-        torch.set_num_threads(threads)
-        return TorchRetinaFace(net, box_adjust=box_adjust, **settings), meta.get("box_convention")
+        from train.detector.checkpoint import read
+        return read(model)["meta"].get("box_convention")
     import onnx
     props = dict((p.key, p.value) for p in onnx.load(model, load_external_data=False).metadata_props)
-    if "box_convention" not in props and os.path.basename(model) == ONNX_FILE:  # the WIDER FACE original
-        return onnx_detector(os.path.dirname(os.path.abspath(model)), box_adjust, threads=threads,
-                             **settings), None
-    detector = RetinaFaceDetector(None, model=model, threads=threads, box_adjust=box_adjust, **settings)
-    return detector, json.loads(props["box_convention"])
+    return json.loads(props["box_convention"]) if "box_convention" in props else None
+
+
+def model_detector(model, settings, box_adjust, threads=1):
+    """A Detector for an ONNX file (the edge's RetinaFaceDetector) or a best.pt checkpoint
+    (TorchRetinaFace)."""
+    if model.endswith(".pt"):
+        from train.detector.checkpoint import load_net
+        net, _ = load_net(model)
+        torch.set_num_threads(threads)
+        return TorchRetinaFace(net, box_adjust=box_adjust, **settings)
+    if os.path.basename(model) == ONNX_FILE and model_convention(model) is None:  # the WIDER FACE original
+        return onnx_detector(os.path.dirname(os.path.abspath(model)), box_adjust, threads=threads, **settings)
+    return RetinaFaceDetector(None, model=model, threads=threads, box_adjust=box_adjust, **settings)
 
 
 def main(argv=None):
@@ -200,6 +206,7 @@ def main(argv=None):
         if value is not None:
             settings[key] = value
     sets, _ = load_sets(args.data)
+    convention = model_convention(args.model) if args.box_adjust == "auto" else None
     results = {}
     for source in sets:
         if args.box_adjust == "edge":
@@ -209,13 +216,12 @@ def main(argv=None):
         elif args.box_adjust != "auto":
             adjust = tuple(float(v) for v in args.box_adjust.split(","))
         else:
-            _, convention = model_detector(args.model, settings, None, args.threads)
             adjust = (convention or {}).get("to_source", {}).get(source)
             if adjust is None:
                 fitted, _, _ = source_adjustments({source: sets[source]}, args.original, settings,
                                                   args.cache_dir, args.threads)
                 adjust = fitted[source]
-        detector, _ = model_detector(args.model, settings, adjust, args.threads)
+        detector = model_detector(args.model, settings, adjust, args.threads)
         result = evaluate_scenes(detector, sets[source][args.split])
         result.update(box_adjust=None if adjust is None else [round(float(v), 4) for v in adjust],
                       settings=dict(settings), split=args.split)

@@ -116,11 +116,9 @@ class RetinaFaceDetector(Detector):
 
     def __init__(self, models_dir, model=None, input_size=960, threads=1, providers=None,
                  box_adjust="model", **common):
-        path = model or SHIPPED_MODEL
-        if not os.path.isfile(path):
-            raise ModelError("retinaface detector file %s is missing: %s" % (path, (
-                "it ships with the repository (reinstall it), or use --detector retinaface-wider"
-                if model is None else "set detector.model to an exported face detector")))
+        path = model_file(*os.path.split(model or SHIPPED_MODEL), detector=self.name, command=(
+            "it ships with the repository (reinstall it), or use --detector retinaface-wider"
+            if model is None else "set detector.model to an exported face detector"))
         self._open(path, threads, providers, "use --detector retinaface-wider|ssd|haar")
         adjust = check_metadata(path, self.session.get_modelmeta().custom_metadata_map)
         Detector.__init__(self, input_size=input_size,
