@@ -16,7 +16,7 @@ import yaml
 
 from edge.infer import model_meta
 from train import checkpoint, data, facecrop, report
-from train.engine import FaceDataset, evaluate, fit, make_loader
+from train.engine import FaceDataset, distributed_teardown, evaluate, fit, make_loader
 from train.models import ARCHS, build_model, normalization, set_trainable
 from train.transforms import EvalTransform, TrainTransform
 
@@ -191,6 +191,7 @@ def main(argv=None):
     trainable = set_trainable(model, args.freeze)
     print("%s at %d px: %d trainable parameters" % (args.arch, args.input_size, trainable))
     history, _ = fit(model, train_set, val_set, meta, args, out_dir=args.out)
+    distributed_teardown()  # only rank 0 goes on (evaluation, report), alone
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     best_path = os.path.join(args.out, "best.pt")

@@ -139,6 +139,17 @@ def distributed_setup():
     return (dist.get_rank() if dist.is_initialized() else 0), world
 
 
+def distributed_teardown():
+    """Leave the process group (after training, before any rank exits).
+
+    A rank that exits with the group still up can abort in gloo's threads at interpreter
+    shutdown ("terminate called without an active exception", SIGABRT), now and then.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def make_loader(dataset, batch_size, shuffle, workers, seed, distributed=False, epoch_samples=0):
     """A DataLoader; a DistributedSampler shards training data under torchrun.
 
