@@ -10,8 +10,9 @@ Steps, each reported as pass, fail or skip with the reason and what was measured
              output, decoded back through its own source (nvv4l2decoder)
   camera     nvarguscamerasrc (csi://0) when the Argus daemon is up, else the first
              /dev/video*: frames through the service's own source
-  engine     the shipped model's FP16 TensorRT engine built and checked against onnxruntime
-             on the shipped face crops, then timed per batch
+  engine     the shipped classifier's and face detector's FP16 TensorRT engines, built and
+             checked against onnxruntime on the shipped face crops, then timed (per batch;
+             per 960x540 frame)
   tests      pytest on the tests that need TensorRT, pycuda and the Jetson elements
   bench      edge-bench on the demo video (or a clip made from the shipped face crops)
 Runs under the service's Python (3.6 on JetPack 4.6, standard library only here).
@@ -276,7 +277,35 @@ def step_engine(ctx):
     summary = "FP16 engine built in %.0f s, %s; batch 1/4/16: %s ms" % (
         details["build_seconds"], "check skipped (no onnxruntime)" if stats is None else
         "argmax agreement %.1f%%" % (100 * stats["argmax_agree"]), "/".join(str(latency[b]) for b in (1, 4, 16)))
+    details["detector"] = detector_engine(os.path.dirname(engine), faces)
+    summary += "; face detector %s" % details["detector"]["summary"]
     return summary, details
+
+
+def detector_engine(cache, faces):
+    """The shipped face detector's engine, built into the service's cache (edge-bench then uses
+    it), and its median latency on a 960x540 frame; a failure is reported, not raised."""
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from edge.infer.detectors.retinaface_trt import TrtDetectorSession, check_frames, ensure_detector_engine
+    messages, started = [], time.time()
+    try:
+        engine = ensure_detector_engine(SHIPPED_MODEL, cache, 960, faces=faces, log=messages.append)
+    except Exception as exc:  # noqa: BuildError, or TensorRT's own: the service falls back to onnxruntime
+        return {"summary": "FAILED (%s: %s)" % (type(exc).__name__, exc), "log": messages[-30:]}
+    import cv2
+    frame = check_frames(faces, count=1)[0]
+    blob = cv2.dnn.blobFromImage(frame, 1.0, (frame.shape[1], frame.shape[0]), (104.0, 117.0, 127.0))
+    session, times = TrtDetectorSession(engine), []
+    try:
+        for _ in range(21):
+            t0 = time.perf_counter()
+            session.run(["loc", "conf"], {"input": blob})
+            times.append(time.perf_counter() - t0)
+    finally:
+        session.close()
+    ms = round(1000 * sorted(times[1:])[len(times) // 2], 2)
+    return {"summary": "engine built in %.0f s, %s ms per 960x540 frame" % (time.time() - started, ms),
+            "median_ms": ms, "log": messages[-30:]}
 
 
 def step_tests(ctx):

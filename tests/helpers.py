@@ -102,42 +102,56 @@ def fake_tensorrt(api, fast_int8=True):
     class Engine(object):
         def __init__(self, data):
             self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-            self.names = ["input", "probs"]
-            self.shapes = [(-1,) + tuple(self.session.get_inputs()[0].shape[1:]),
-                           (-1,) + tuple(self.session.get_outputs()[0].shape[1:])]
+            self.inputs = [i.name for i in self.session.get_inputs()]
+            self.names = self.inputs + [o.name for o in self.session.get_outputs()]
+            # TensorRT reports a dynamic dimension as -1 (the batch; the detector's H, W)
+            self.shapes = [tuple(d if isinstance(d, int) else -1 for d in t.shape)
+                           for t in list(self.session.get_inputs()) + list(self.session.get_outputs())]
 
         def create_execution_context(self):
             return Context(self)
 
     class Context(object):
         def __init__(self, engine):
-            self.engine, self.shape = engine, None
+            self.engine, self.shape, self.addresses = engine, None, {}
+
+        def _outputs(self, x):
+            names = self.engine.names[len(self.engine.inputs):]
+            return dict(zip(names, self.engine.session.run(names, {"input": x})))
+
+        def _shape_of(self, name):
+            if name in self.engine.inputs:
+                return self.shape
+            return self._outputs(np.zeros(self.shape, np.float32))[name].shape  # as TensorRT infers it
 
         def _run(self, addresses):
             nbytes = int(np.prod(self.shape)) * 4
             x = FakeCuda.memory[int(addresses[0])][:nbytes].view(np.float32).reshape(self.shape)
-            probs = self.engine.session.run(["probs"], {"input": x})[0]
-            FakeCuda.memory[int(addresses[1])][:probs.nbytes] = probs.view(np.uint8).ravel()
-            trt.calls.append(("execute", self.shape[0]))
+            for name, out in self._outputs(x).items():
+                out = np.ascontiguousarray(out, np.float32)
+                FakeCuda.memory[int(addresses[self.engine.names.index(name)])][:out.nbytes] = out.view(np.uint8).ravel()
+            trt.calls.append(("execute", self.shape[0] if len(self.engine.names) == 2 else tuple(self.shape)))
             return True
 
     if api == 10:
-        Engine.num_io_tensors = 2
+        Engine.num_io_tensors = property(lambda self: len(self.names))
         Engine.get_tensor_name = lambda self, i: self.names[i]
-        Engine.get_tensor_mode = lambda self, n: "in" if n == "input" else "out"
+        Engine.get_tensor_mode = lambda self, n: "in" if n in self.inputs else "out"
         Engine.get_tensor_shape = lambda self, n: self.shapes[self.names.index(n)]
         Engine.get_tensor_dtype = lambda self, n: "float"
         Context.set_input_shape = lambda self, name, shape: setattr(self, "shape", shape) or True
-        Context.set_tensor_address = lambda self, name, ptr: setattr(self, name, ptr)
-        Context.execute_async_v3 = lambda self, stream: self._run([self.input, self.probs])
+        Context.get_tensor_shape = lambda self, name: self._shape_of(name)
+        Context.set_tensor_address = lambda self, name, ptr: self.addresses.update({name: ptr})
+        Context.execute_async_v3 = lambda self, stream: self._run([self.addresses[n] for n in self.engine.names])
         trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
     else:
-        Engine.num_bindings = 2
+        Engine.num_bindings = property(lambda self: len(self.names))
         Engine.get_binding_name = lambda self, i: self.names[i]
-        Engine.binding_is_input = lambda self, i: i == 0
+        Engine.binding_is_input = lambda self, i: i < len(self.inputs)
         Engine.get_binding_shape = lambda self, i: self.shapes[i]
         Engine.get_binding_dtype = lambda self, i: "float"
         Context.set_binding_shape = lambda self, index, shape: setattr(self, "shape", shape) or True
+        Context.get_binding_shape = lambda self, index: self._shape_of(self.engine.names[index])
         Context.execute_async_v2 = lambda self, bindings, stream_handle: self._run(bindings)
 
     class Runtime(object):

@@ -103,6 +103,11 @@ def test_the_engine_step_with_the_tensorrt_stand_in(tmp_path, fail):
         assert step["summary"].startswith("FP16 engine built in ") and "argmax agreement 100.0%" in step["summary"]
         assert step["details"]["sidecar"]["tensorrt"] == "8.2.1.8" and step["details"]["faces_checked"] == 48
         assert sorted(step["details"]["median_ms_per_batch"]) == ["1", "16", "4"]
+        detector = step["details"]["detector"]
+        assert "face detector engine built in " in step["summary"] and detector["median_ms"] > 0
+        assert any("TensorRT FP16 vs onnxruntime (face detector)" in line for line in detector["log"])
+        engines = os.listdir(os.path.join(str(tmp_path), "report", "engines"))
+        assert any(n.startswith("face_detector.") and n.endswith(".s960.engine") for n in engines), engines
     else:
         assert (code, step["status"]) == (1, "fail"), out
         assert "TensorRT failed to build" in step["summary"]

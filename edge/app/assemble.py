@@ -35,11 +35,17 @@ def build_analyzer(config, timer=None):
     options = {} if det["input_size"] is None else {"input_size": det["input_size"]}
     if det["model"] is not None:
         options["model"] = resolve_path(det["model"])
+    model = resolve_path(clf["model"])
+    if det["name"] == "retinaface":
+        options.update(backend=det["backend"], engine_cache=clf["engine_cache"],
+                       verify_faces=shipped_faces(model))
+    elif det["backend"] == "trt":
+        raise ConfigError("detector.backend trt: only the retinaface detector has a TensorRT engine "
+                          "(detector.name is %s)" % det["name"])
     # models_dir None: the detectors' default ($MASKGATE_DETECTORS, else models/detectors).
     detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"]),
                                confidence=det["confidence"], min_size=det["min_size"],
                                nms_iou=det["nms_iou"], **options)
-    model = resolve_path(clf["model"])
     classifier = load_classifier(model, backend=clf["backend"], max_batch=clf["max_batch"],
                                  engine_cache=clf["engine_cache"], verify_images=shipped_faces(model),
                                  log=log.info)

@@ -125,6 +125,7 @@ SCHEMA = [
       minimum=0.0, maximum=255.0),
     S("detector.models_dir", "str", "--models-dir", "detector files folder", nullable=True),
     S("detector.model", "str", "--detector-model", "fine-tuned retinaface ONNX", nullable=True),
+    S("detector.backend", "str", "--detector-backend", "retinaface inference backend", choices=BACKENDS),
     S("classifier.model", "str", "--model", "classifier ONNX model"),
     S("classifier.backend", "str", "--backend", "inference backend", choices=BACKENDS),
     S("classifier.max_batch", "int", "--max-batch", "largest batch", minimum=1, nullable=True),

@@ -213,6 +213,8 @@ def verdict(doc, max_age, now=None):
         return False, "; ".join(problems)
     # Healthy, but slower than it should be: say so (the owner reads this line).
     degraded = "; classifier on %s: %s" % (doc.get("backend"), doc["fallback"]) if doc.get("fallback") else ""
+    if doc.get("detector_fallback"):
+        degraded += "; detector on %s: %s" % (doc.get("detector_backend"), doc["detector_fallback"])
     if last is None:
         return True, "starting (source %s)%s" % (doc.get("source_state"), degraded)
     return True, "ok: last frame %.1f s ago, %s fps, %s faces, source %s%s" % (

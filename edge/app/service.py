@@ -135,13 +135,19 @@ def _describe(video):
     """Log the models in use and put the backend (and why, after a fallback) in health."""
     config, classifier = video.config, video.analyzer.classifier
     detector = video.analyzer.detector
+    detector_backend = getattr(detector, "backend", None)
+    detector_fallback = getattr(detector, "fallback", None)
     log.info("run %s: detector %s%s, classifier %s (%s backend%s, classes %s)", video.run_id,
-             config["detector"]["name"], " (%s)" % detector.path if getattr(detector, "path", None) else "",
+             config["detector"]["name"],
+             " (%s, %s backend%s)" % (detector.path, detector_backend,
+                                      ", fallback: %s" % detector_fallback if detector_fallback else "")
+             if getattr(detector, "path", None) else "",
              resolve_path(config["classifier"]["model"]), classifier.backend,
              ", fallback: %s" % classifier.fallback if classifier.fallback else "",
              ",".join(video.analyzer.classes))
     if video.health is not None:
-        video.health.update(run=video.run_id, backend=classifier.backend, fallback=classifier.fallback)
+        video.health.update(run=video.run_id, backend=classifier.backend, fallback=classifier.fallback,
+                            detector_backend=detector_backend, detector_fallback=detector_fallback)
 
 
 def _reload(video, reread):

@@ -391,6 +391,29 @@ def test_engine_builds_verifies_and_is_cached(real_onnx, tmp_path):
             np.testing.assert_allclose(clf.predict(batch[:n]), full[:n], atol=1e-3)
 
 
+def test_detector_engine_builds_and_detects_as_onnxruntime(tmp_path):
+    """The shipped face detector as an FP16 engine with its dynamic frame-size profile: it must
+    pass its own check and find the faces onnxruntime finds on a real scene."""
+    pytest.importorskip("tensorrt", reason=NO_TRT)
+    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    import cv2
+
+    from conftest import data_path
+    from edge.infer.detect import create_detector
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from edge.infer.samples import shipped_faces
+    detector = create_detector("retinaface", confidence=0.3, min_size=8, backend="trt",
+                               engine_cache=str(tmp_path), verify_faces=shipped_faces(SHIPPED_MODEL))
+    assert detector.backend == "trt"
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the comparison needs it)")
+    image = cv2.imread(data_path("kaggle853", "images", "maksssksksss665.jpg"))
+    reference = create_detector("retinaface", confidence=0.3, min_size=8, backend="ort")
+    from edge.infer.track import iou_matrix
+    expected, boxes = reference.detect(image)[0], detector.detect(image)[0]
+    assert len(expected) >= 3
+    assert (iou_matrix(expected, boxes).max(axis=1) >= 0.8).mean() >= 0.95
+
+
 def test_engine_failing_its_check_is_removed(tiny, tmp_path, monkeypatch):
     """An engine whose answers disagree with onnxruntime is deleted and the build is an error."""
     from export.samples import verification_images

@@ -73,17 +73,16 @@ def _progress(trt, config, log, every=15.0):
         log("build took %.0f s" % (time.time() - started))
 
 
-def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision="fp16",
-                 workspace_mb=DEFAULT_WORKSPACE_MB, calib_images=None, log=_log.info):
-    """Build ``engine_path`` (+ its sidecar) from an exported ONNX model; return the sidecar dict.
+def serialize(onnx_path, data, shapes, precision="fp16", workspace_mb=DEFAULT_WORKSPACE_MB, log=_log.info,
+              what="", calibrate=None):
+    """Parse the ONNX bytes ``data`` and build a serialized engine; (bytes, GPU name).
 
-    ``calib_images``: ``(name, rgb)`` face crops for INT8 calibration (int8 only).
+    ``shapes``: {input name: (min, opt, max) shapes}, one optimization profile;
+    ``calibrate(trt, cuda, config, profile)``: sets up INT8 calibration (int8 only);
+    ``what``: the build's description for the progress line (batch or frame sizes).
     """
     if precision not in PRECISIONS:
         raise ValueError("precision %r: choose one of %s" % (precision, ", ".join(PRECISIONS)))
-    meta = read_onnx_metadata(onnx_path)  # a foreign ONNX fails here, before minutes of building
-    with open(onnx_path, "rb") as f:
-        data = f.read()
     trt, cuda = import_tensorrt(), import_pycuda()
     gpu = gpu_name(cuda)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -91,8 +90,6 @@ def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision=
     if precision == "int8" and not trt_compat.has_fast(builder, "int8"):
         raise BuildError("INT8 refused: %s has no fast INT8 (the Jetson Nano's Maxwell GPU has none); "
                          "build with --fp16 instead. INT8 pays off on Xavier and Orin." % gpu)
-    if precision == "int8" and not calib_images:
-        raise BuildError("INT8 needs calibration images (real face crops)")
     if precision == "fp16" and not trt_compat.has_fast(builder, "fp16"):
         log("warning: %s has no fast FP16; the engine will work but gain little" % gpu)
     network = builder.create_network(trt_compat.network_flags(trt))
@@ -102,9 +99,9 @@ def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision=
         raise BuildError("TensorRT %s cannot parse %s:\n  %s" % (trt.__version__, onnx_path, errors))
     config = builder.create_builder_config()
     trt_compat.set_workspace(trt, config, int(workspace_mb) << 20)
-    chw = (3, int(meta["input_size"][0]), int(meta["input_size"][1]))
     profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1,) + chw, (min(OPT_BATCH, max_batch),) + chw, (max_batch,) + chw)
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
@@ -112,17 +109,9 @@ def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision=
     ctx.push()
     try:
         if precision == "int8":
-            from edge.infer.classify.calibrate import make_calibrator
-            log("INT8 calibration on %d real images" % len(calib_images))
-            config.set_flag(trt.BuilderFlag.INT8)
-            # The ranges cache is keyed on the model: a retrained model never reuses stale ranges.
-            table = "%s.%s.calib" % (engine_path, hashlib.sha256(data).hexdigest()[:16])
-            if os.path.isfile(table):
-                log("reusing INT8 calibration table %s (delete it to recalibrate)" % table)
-            config.int8_calibrator = make_calibrator(trt, cuda, images_to_batch(calib_images, meta), table)
-            trt_compat.set_calibration_profile(config, profile)
-        log("building %s engine (TensorRT %s, %s, batch 1..%d, workspace %d MB)"
-            % (precision.upper(), trt.__version__, gpu, max_batch, workspace_mb))
+            calibrate(trt, cuda, config, profile)
+        log("building %s engine (TensorRT %s, %s, %s, workspace %d MB)"
+            % (precision.upper(), trt.__version__, gpu, what, workspace_mb))
         with _progress(trt, config, log):
             serialized = builder.build_serialized_network(network, config)
     finally:
@@ -130,12 +119,49 @@ def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision=
         ctx.detach()
     if serialized is None:
         raise BuildError("TensorRT failed to build %s (messages above); a larger --workspace may help" % onnx_path)
-    info = {"meta": meta, "onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
-            "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "max_batch": int(max_batch),
-            "workspace_mb": int(workspace_mb), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write(engine_path, bytes(serialized))  # IHostMemory: a buffer
+    return bytes(serialized), gpu  # IHostMemory: a buffer
+
+
+def write_engine(engine_path, serialized, info):
+    """The engine file and its sidecar (``info`` + the build time), each written atomically."""
+    info = dict(info, built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    atomic_write(engine_path, serialized)
     write_sidecar(engine_path, info)
     return info
+
+
+def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision="fp16",
+                 workspace_mb=DEFAULT_WORKSPACE_MB, calib_images=None, log=_log.info):
+    """Build ``engine_path`` (+ its sidecar) from an exported ONNX classifier; return the sidecar dict.
+
+    ``calib_images``: ``(name, rgb)`` face crops for INT8 calibration (int8 only).
+    """
+    meta = read_onnx_metadata(onnx_path)  # a foreign ONNX fails here, before minutes of building
+    if precision == "int8" and not calib_images:
+        raise BuildError("INT8 needs calibration images (real face crops)")
+    with open(onnx_path, "rb") as f:
+        data = f.read()
+    chw = (3, int(meta["input_size"][0]), int(meta["input_size"][1]))
+
+    def calibrate(trt, cuda, config, profile):
+        from edge.infer.classify.calibrate import make_calibrator
+        log("INT8 calibration on %d real images" % len(calib_images))
+        config.set_flag(trt.BuilderFlag.INT8)
+        # The ranges cache is keyed on the model: a retrained model never reuses stale ranges.
+        table = "%s.%s.calib" % (engine_path, hashlib.sha256(data).hexdigest()[:16])
+        if os.path.isfile(table):
+            log("reusing INT8 calibration table %s (delete it to recalibrate)" % table)
+        config.int8_calibrator = make_calibrator(trt, cuda, images_to_batch(calib_images, meta), table)
+        trt_compat.set_calibration_profile(config, profile)
+
+    shapes = {"input": ((1,) + chw, (min(OPT_BATCH, max_batch),) + chw, (max_batch,) + chw)}
+    serialized, gpu = serialize(onnx_path, data, shapes, precision, workspace_mb, log,
+                                "batch 1..%d" % max_batch, calibrate)
+    trt = import_tensorrt()
+    return write_engine(engine_path, serialized, {
+        "meta": meta, "onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "max_batch": int(max_batch),
+        "workspace_mb": int(workspace_mb)})
 
 
 def verify_engine(engine_path, onnx_path, images, log=_log.info):
@@ -196,23 +222,35 @@ def ensure_engine(onnx_path, cache_dir, max_batch=DEFAULT_MAX_BATCH, precision="
     """The cached engine for this model, TensorRT, GPU, precision and max batch; built on first use.
 
     A new engine is checked against onnxruntime on ``verify_images`` (``(name, rgb)`` face
-    crops) before it is cached; one that fails is deleted and BuildError raised. A failed
-    build is remembered beside it (``failure_path``): later starts raise BuildError at once
-    instead of spending minutes on the same failure (the file's name holds every fact the
-    build depends on, so a new model or JetPack tries again; deleting it does too). Two
-    processes sharing the cache (two cameras) build one at a time: the second reuses the
-    first's engine.
+    crops) before it is cached; one that fails is deleted and BuildError raised. See
+    ``cached_build`` for failures and for two processes sharing the cache.
     """
     trt, cuda = import_tensorrt(), import_pycuda()
     sha, gpu = sha256(onnx_path), gpu_name(cuda)
     path = cached_engine_path(onnx_path, cache_dir, sha, trt.__version__, gpu, precision, max_batch)
+    return cached_build(path, sha, lambda: build_verified(
+        onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,
+        workspace_mb=workspace_mb), log)
+
+
+def cached_build(path, onnx_sha256, build, log=_log.info, kind="classifier"):
+    """``path`` when a valid engine of the ONNX ``onnx_sha256`` is there, else ``build()`` it there.
+
+    A failed build is remembered beside it (``failure_path``): later starts raise BuildError
+    at once instead of spending minutes on the same failure (the file's name holds every
+    fact the build depends on, so a new model or JetPack tries again; deleting it does too).
+    Two processes sharing the cache (two cameras) build one at a time: the second reuses
+    the first's engine.
+    """
+    trt, cuda = import_tensorrt(), import_pycuda()
+    cache_dir = os.path.dirname(path)
     if not os.path.isdir(cache_dir):
         os.makedirs(cache_dir)
     with _build_lock(path + ".lock", log):
         if os.path.isfile(path):
             try:
-                info = check_sidecar(read_sidecar(path), trt.__version__, gpu, path)
-                if info["onnx_sha256"] == sha:
+                info = check_sidecar(read_sidecar(path, kind), trt.__version__, gpu_name(cuda), path)
+                if info["onnx_sha256"] == onnx_sha256:
                     return path
             except ModelError as exc:
                 log("engine cache: %s; rebuilding" % exc)
@@ -222,8 +260,7 @@ def ensure_engine(onnx_path, cache_dir, max_batch=DEFAULT_MAX_BATCH, precision="
                              % (failed.get("time"), failed.get("error"), failure_path(path)))
         log("engine cache: building %s (once per model and device; minutes on a Nano)" % os.path.basename(path))
         try:
-            build_verified(onnx_path, path, verify_images, log=log, max_batch=max_batch, precision=precision,
-                           workspace_mb=workspace_mb)
+            build()
         except Exception as exc:  # noqa: remembered whatever it was, then raised as it was
             _remember_failure(path, exc)
             raise

@@ -2,7 +2,9 @@
 
 An engine file runs only on the TensorRT version and GPU that built it, and says nothing
 about the model, so the builder (``edge.infer.classify.engine``) writes a sidecar: the ONNX
-metadata, the ONNX sha256, TensorRT version, GPU name, precision and max batch. Loading
+metadata, the ONNX sha256, TensorRT version, GPU name, precision and max batch, and
+``kind``: ``classifier`` (the default, for sidecars written before the detector had
+engines) or ``face-detector`` (``edge.infer.detectors.retinaface_trt``). Loading
 checks the sidecar first and refuses, with the rebuild command, an engine from elsewhere.
 Standard library only: readable anywhere, tested without TensorRT.
 """
@@ -31,8 +33,8 @@ def write_sidecar(engine_path, info):
                         json.dumps(dict(info, format=SIDECAR_FORMAT), indent=2, sort_keys=True))
 
 
-def read_sidecar(engine_path):
-    """Read and check an engine's sidecar; ``ModelError`` naming what is wrong."""
+def read_sidecar(engine_path, kind="classifier"):
+    """Read and check the sidecar of a ``kind`` engine; ``ModelError`` naming what is wrong."""
     path = sidecar_path(engine_path)
     if not os.path.isfile(path):
         raise ModelError("%s has no sidecar %s: an engine alone does not say which model it is; "
@@ -46,10 +48,14 @@ def read_sidecar(engine_path):
     if missing or info.get("format") != SIDECAR_FORMAT:
         raise ModelError("%s is not a maskgate engine sidecar (format %r, missing %s)"
                          % (path, info.get("format") if isinstance(info, dict) else None, missing or "nothing"))
-    try:
-        validate(info["meta"], source=path)
-    except MetadataError as exc:
-        raise ModelError(str(exc))
+    found = info.get("kind", "classifier")
+    if found != kind:
+        raise ModelError("%s is the engine of a %s, not of a %s" % (engine_path, found, kind))
+    if kind == "classifier":
+        try:
+            validate(info["meta"], source=path)
+        except MetadataError as exc:
+            raise ModelError(str(exc))
     return info
 
 

@@ -1,8 +1,9 @@
 """TensorRT classifier backend: an engine + its JSON sidecar -> class probabilities.
 
-The runtime is the pattern of NVIDIA's samples and jkjung-avt/tensorrt_demos: deserialize
-once, allocate pinned host and device buffers once for the largest batch, then per call
-copy in -> execute -> copy out -> synchronize. tensorrt and pycuda are imported lazily.
+The runtime (``TrtRunner``, shared with the face detector's engine) is the pattern of
+NVIDIA's samples and jkjung-avt/tensorrt_demos: deserialize once, allocate pinned host and
+device buffers once for the largest shapes, then per call set the input shapes, copy in ->
+execute -> copy out -> synchronize. tensorrt and pycuda are imported lazily.
 The engine file and its sidecar are described in ``edge.infer.classify.sidecar``; building
 and verifying engines is ``edge.infer.classify.engine``.
 """
@@ -45,45 +46,34 @@ def gpu_name(cuda):
     return str(cuda.Device(0).name())
 
 
-class TrtClassifier(Classifier):
-    """A TensorRT engine behind the classifier interface: ``predict(NCHW float32) -> (N, C) probs``.
+class TrtRunner(object):
+    """One TensorRT engine with GPU buffers for its largest shapes: ``run({input: array}) -> {output: array}``.
 
-    ``meta`` (the model's metadata), ``classes``, ``max_batch`` and ``backend`` ("trt") come
-    from the sidecar. One execution context: call ``predict`` from one thread at a time
-    (any thread; the CUDA context is pushed around each call).
+    ``max_inputs``: {input name: largest shape}; output buffers are sized from the shapes
+    TensorRT infers for those. Each ``run`` sets the inputs' shapes (within the engine's
+    profile), copies in, executes, and returns the outputs at their shapes for that call.
+    One execution context: call ``run`` from one thread at a time (any thread; the CUDA
+    context is pushed around each call). Used by the classifier and the face detector.
     """
 
-    backend = "trt"
-
-    def __init__(self, engine_path, max_batch=None):
-        if not os.path.isfile(engine_path):
-            raise ModelError("TensorRT engine not found: %s" % engine_path)
+    def __init__(self, engine_path, max_inputs):
         self.engine_path = engine_path
-        self.sidecar = read_sidecar(engine_path)
-        self.meta = self.sidecar["meta"]
-        self.classes = list(self.meta["classes"])
-        built = int(self.sidecar["max_batch"])
-        if max_batch is not None and not 1 <= int(max_batch) <= built:
-            raise ModelError("max_batch %s: %s was built for batches of 1..%d (rebuild with --max-batch)"
-                             % (max_batch, engine_path, built))
-        self.max_batch = int(max_batch or built)
         self._ctx = None
         trt, cuda = import_tensorrt(), import_pycuda()
-        check_sidecar(self.sidecar, trt.__version__, gpu_name(cuda), engine_path)
         self._cuda = cuda
         # The primary context is the one TensorRT's runtime uses; pushing it around each
         # call lets any thread (the service's worker) run the engine.
         self._ctx = cuda.Device(0).retain_primary_context()
         self._ctx.push()
         try:
-            self._load(trt)
+            self._load(trt, max_inputs)
         except Exception:
             self._ctx.pop()
             self.close()
             raise
         self._ctx.pop()
 
-    def _load(self, trt):
+    def _load(self, trt, max_inputs):
         cuda = self._cuda
         with open(self.engine_path, "rb") as f:
             data = f.read()
@@ -93,38 +83,44 @@ class TrtClassifier(Classifier):
             raise ModelError("TensorRT could not load %s (corrupt or from another TensorRT); rebuild it with "
                              "python -m export.trt" % self.engine_path)
         self._context = self._engine.create_execution_context()
-        self._tensors = trt_compat.io_tensors(trt, self._engine)
-        inputs = [i for i, t in enumerate(self._tensors) if t[1]]
-        if len(inputs) != 1 or len(self._tensors) != 2:
-            raise ModelError("%s: expected one input and one output, found %s"
-                             % (self.engine_path, [t[0] for t in self._tensors]))
-        self._in = inputs[0]
-        h, w = self.meta["input_size"]
-        self.input_shape = (3, int(h), int(w))
-        self._shapes = {self._in: (self.max_batch,) + self.input_shape,
-                        1 - self._in: (self.max_batch, len(self.classes))}
-        engine_in = self._tensors[self._in][2]
-        if tuple(engine_in[1:]) != self._shapes[self._in][1:]:
-            raise ModelError("%s: engine input %s does not match the sidecar's input size %s"
-                             % (self.engine_path, engine_in, self.meta["input_size"]))
-        self._host = [cuda.pagelocked_empty(self._shapes[i], t[3]) for i, t in enumerate(self._tensors)]
+        self.tensors = trt_compat.io_tensors(trt, self._engine)
+        names = [t[0] for t in self.tensors if t[1]]
+        if sorted(names) != sorted(max_inputs):
+            raise ModelError("%s: engine inputs %s, expected %s" % (self.engine_path, names, sorted(max_inputs)))
+        shapes = self._set_shapes(max_inputs)
+        self._host = [cuda.pagelocked_empty(int(np.prod(shape)), t[3]) for shape, t in zip(shapes, self.tensors)]
         self._device = [cuda.mem_alloc(h.nbytes) for h in self._host]
         self._stream = cuda.Stream()
 
-    def _run(self, chunk):
-        """One chunk of at most ``max_batch`` faces through the engine."""
-        n = len(chunk)
-        cuda, host_in, host_out = self._cuda, self._host[self._in], self._host[1 - self._in]
+    def _set_shapes(self, inputs):
+        """Set the input shapes; every tensor's shape for them, in ``tensors`` order."""
+        for index, (name, is_input, _, _) in enumerate(self.tensors):
+            if is_input:
+                trt_compat.set_input_shape(self._context, index, name, inputs[name])
+        return [tuple(inputs[t[0]]) if t[1] else trt_compat.tensor_shape(self._context, i, t[0])
+                for i, t in enumerate(self.tensors)]
+
+    def run(self, feeds):
+        """Run the engine on ``feeds`` ({input name: float32 array}); {output name: float32 array}."""
+        cuda = self._cuda
         self._ctx.push()
         try:
-            host_in[:n] = chunk
-            trt_compat.set_input_shape(self._context, self._in, self._tensors[self._in][0],
-                                       (n,) + self.input_shape)
-            cuda.memcpy_htod_async(self._device[self._in], host_in[:n], self._stream)
-            trt_compat.execute(self._context, self._tensors, self._device, self._stream.handle)
-            cuda.memcpy_dtoh_async(host_out[:n], self._device[1 - self._in], self._stream)
+            shapes = self._set_shapes({name: np.shape(array) for name, array in feeds.items()})
+            for index, (name, is_input, _, _) in enumerate(self.tensors):
+                if is_input:
+                    count = int(np.prod(shapes[index]))
+                    self._host[index][:count] = np.ascontiguousarray(feeds[name], self._host[index].dtype).ravel()
+                    cuda.memcpy_htod_async(self._device[index], self._host[index][:count], self._stream)
+            trt_compat.execute(self._context, self.tensors, self._device, self._stream.handle)
+            outputs = {}
+            for index, (name, is_input, _, _) in enumerate(self.tensors):
+                if not is_input:
+                    count = int(np.prod(shapes[index]))
+                    cuda.memcpy_dtoh_async(self._host[index][:count], self._device[index], self._stream)
+                    outputs[name] = (index, count, shapes[index])
             self._stream.synchronize()
-            return np.array(host_out[:n], np.float32)
+            return {name: np.array(self._host[i][:n], np.float32).reshape(shape)
+                    for name, (i, n, shape) in outputs.items()}
         finally:
             self._ctx.pop()
 
@@ -143,6 +139,56 @@ class TrtClassifier(Classifier):
             self._ctx.pop()
             self._ctx.detach()
             self._ctx = None
+
+
+class TrtClassifier(Classifier):
+    """A TensorRT engine behind the classifier interface: ``predict(NCHW float32) -> (N, C) probs``.
+
+    ``meta`` (the model's metadata), ``classes``, ``max_batch`` and ``backend`` ("trt") come
+    from the sidecar. One execution context: call ``predict`` from one thread at a time.
+    """
+
+    backend = "trt"
+
+    def __init__(self, engine_path, max_batch=None):
+        if not os.path.isfile(engine_path):
+            raise ModelError("TensorRT engine not found: %s" % engine_path)
+        self.engine_path = engine_path
+        self.sidecar = read_sidecar(engine_path)
+        self.meta = self.sidecar["meta"]
+        self.classes = list(self.meta["classes"])
+        built = int(self.sidecar["max_batch"])
+        if max_batch is not None and not 1 <= int(max_batch) <= built:
+            raise ModelError("max_batch %s: %s was built for batches of 1..%d (rebuild with --max-batch)"
+                             % (max_batch, engine_path, built))
+        self.max_batch = int(max_batch or built)
+        self._runner = None
+        trt, cuda = import_tensorrt(), import_pycuda()
+        check_sidecar(self.sidecar, trt.__version__, gpu_name(cuda), engine_path)
+        h, w = self.meta["input_size"]
+        self.input_shape = (3, int(h), int(w))
+        self._runner = TrtRunner(engine_path, {"input": (self.max_batch,) + self.input_shape})
+        tensors = self._runner.tensors
+        engine_in = [t[2] for t in tensors if t[1]][0]
+        problem = None
+        if len(tensors) != 2:
+            problem = "expected one input and one output, found %s" % [t[0] for t in tensors]
+        elif tuple(engine_in[1:]) != self.input_shape:
+            problem = "engine input %s does not match the sidecar's input size %s" % (engine_in, self.meta["input_size"])
+        if problem:
+            self.close()
+            raise ModelError("%s: %s" % (engine_path, problem))
+        self._output = [t[0] for t in tensors if not t[1]][0]
+
+    def _run(self, chunk):
+        """One chunk of at most ``max_batch`` faces through the engine."""
+        return self._runner.run({"input": chunk})[self._output]
+
+    def close(self):
+        """Free the GPU buffers and the engine; safe to call twice."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
 
     def __repr__(self):
         return "<TrtClassifier %s classes=%s max_batch=%d>" % (

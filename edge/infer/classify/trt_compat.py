@@ -9,6 +9,7 @@ number, so 8.5/8.6, which have both APIs, take the newer one:
 | workspace limit     | ``config.max_workspace_size``         | ``config.set_memory_pool_limit``          |
 | I/O description     | bindings: index, ``binding_is_input`` | tensor names, ``get_tensor_mode``         |
 | input shape         | ``context.set_binding_shape(index)``  | ``context.set_input_shape(name)``         |
+| output shape        | ``context.get_binding_shape(index)``  | ``context.get_tensor_shape(name)``        |
 | run                 | ``execute_async_v2(bindings)``        | ``set_tensor_address`` + ``execute_async_v3`` |
 | build progress      | none (the caller prints elapsed time) | ``IProgressMonitor``                      |
 
@@ -60,6 +61,14 @@ def set_input_shape(context, index, name, shape):
         ok = context.set_binding_shape(index, tuple(shape))
     if ok is False:
         raise ValueError("TensorRT rejected input shape %s for %r (outside the engine's profile)" % (shape, name))
+
+
+def tensor_shape(context, index, name):
+    """The shape of binding ``index`` / tensor ``name`` for the input shapes set on ``context``
+    (an output's size follows its inputs': the detector's anchors grow with the frame)."""
+    if hasattr(context, "get_tensor_shape"):
+        return tuple(context.get_tensor_shape(name))
+    return tuple(context.get_binding_shape(index))
 
 
 def execute(context, tensors, addresses, stream_handle):

