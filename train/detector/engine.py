@@ -77,7 +77,7 @@ def validate(net, sets, sources, split, eval_adjust, settings):
         scenes = sets[source][split]
         detector = TorchRetinaFace(net, box_adjust=eval_adjust[source], **settings)
         with tqdm(total=len(scenes), desc="%s %s" % (source, split), disable=None, leave=False) as bar:
-            out[source] = evaluate_scenes(detector, scenes, bar)
+            out[source] = evaluate_scenes(detector, scenes, bar).result()
     return out
 
 
