@@ -18,6 +18,7 @@ from train.detector import boxstyle
 from train.detector.anchors import anchor_boxes, anchor_xyxy, encode, match
 from train.detector.augment import TrainAugment, preprocess
 from train.detector.data import TrainScenes, collate, load_scene_set, load_sets
+from train.detector.evaluate import format_scores
 from train.detector.loss import MultiBoxLoss, build_targets
 from train.detector.net import WithSoftmax, freeze_for_finetuning, load_from_onnx
 
@@ -248,3 +249,98 @@ def test_the_command_line_trains_selects_resumes_and_describes_its_checkpoint(on
     assert meta["training_data"]["kaggle853"]["scenes"]["train"] == 3  # --limit is recorded
     assert set(meta["metrics"]["test"]["kaggle853"]) >= {"ap50", "ap30", "recall50", "recall_small50", "fp_per_image"}
     assert os.path.isfile(os.path.join(out, "metrics.json"))
+    assert meta["selection"]["metric"] == "recall_at_budget" and meta["selection"]["fp_budget"] == 1.0
+    point = meta["operating_point"]
+    assert set(point["per_set"]) == {"kaggle853"} and point["confidence"] >= 0.3
+    assert last["best"]["metric"] == "recall_at_budget"
+    assert "recall_at_budget" in meta["metrics"]["test"]["kaggle853"]
+
+
+def _box(i):
+    """A 20 px face box, the i-th along a row (no two overlap)."""
+    return [40 * i, 0, 40 * i + 20, 20]
+
+
+def _two_images(floor=0.3):
+    """Two images, four faces; ranked by score: 0.9 hit, 0.8 false, 0.7 hit, 0.6 false,
+    0.5 false, 0.4 hit (one face, image b's second, is never found)."""
+    from train.detector.evaluate import FaceScores
+    scores = FaceScores(floor)
+    scores.add([_box(0), _box(1)], [_box(0), _box(5), _box(1)], [0.9, 0.8, 0.4])
+    scores.add([_box(0), _box(1)], [_box(0), _box(6), _box(7)], [0.7, 0.6, 0.5])
+    return scores
+
+
+@pytest.mark.parametrize("budget, recall, threshold", [
+    (0.0, 0.25, 0.9),   # only the top detection: a second one is false
+    (0.5, 0.5, 0.7),    # one false positive in two images allowed: down to 0.7
+    (1.0, 0.5, 0.6),    # two: down to 0.6; 0.5 would be the third
+    (1.5, 0.75, 0.3),   # all three false positives fit: the floor, everything seen
+    (10.0, 0.75, 0.3),
+])
+def test_recall_at_a_false_positive_budget_by_hand(budget, recall, threshold):
+    r = _two_images().result(budget)
+    assert (r["recall_at_budget"], r["threshold_at_budget"], r["fp_budget"]) == (recall, threshold, budget)
+    # The keys that were there keep their meaning: all detections at the floor.
+    assert (r["n_images"], r["n_faces"], r["recall50"], r["fp_per_image"]) == (2, 4, 0.75, 1.5)
+
+
+def test_the_budget_threshold_keeps_equal_scores_together_and_can_keep_nothing():
+    from train.detector.evaluate import FaceScores
+    scores = FaceScores(0.3)
+    scores.add([_box(0)], [_box(0), _box(3)], [0.9, 0.9])  # a hit and a false alarm, tied
+    scores.add([_box(0)], [_box(0)], [0.8])
+    assert scores.at_budget(0.0) == (0.0, None)  # keeping the hit at 0.9 keeps its false twin
+    assert scores.at_budget(0.5) == (1.0, 0.3)
+    assert "threshold -" in format_scores(scores.result(0.0))
+    assert FaceScores().at_budget(1.0) == (None, None)
+
+
+def test_the_pooled_operating_point_keeps_all_sets_within_the_budget():
+    from train.detector.engine import operating_point
+    from train.detector.evaluate import FaceScores
+    x, y = FaceScores(0.3), FaceScores(0.3)
+    x.add([_box(0)], [_box(3), _box(0)], [0.9, 0.8])  # 1 false positive in 1 image: within budget
+    y.add([_box(0)], [_box(0), _box(3), _box(4)], [0.7, 0.6, 0.5])  # 2 in 1 image
+    point = operating_point({"x": x, "y": y}, 1.0, 0.3)
+    assert point["per_set"] == {"x": {"threshold_at_budget": 0.3, "recall_at_budget": 1.0},
+                                "y": {"threshold_at_budget": 0.6, "recall_at_budget": 1.0}}
+    # Pooled: 2 images allow 2 false positives; 0.9 and 0.6 are, 0.5 would be the third.
+    assert (point["confidence"], point["recall_at_budget"]) == (0.6, 1.0)
+    assert point["fp_budget"] == 1.0 and point["validated_at_confidence"] == 0.3
+    pooled = FaceScores.pooled([x, y]).result(1.0)
+    assert (pooled["n_images"], pooled["n_faces"], pooled["fp_per_image"]) == (2, 2, 1.5)
+
+
+def test_the_trainer_keeps_the_epoch_best_by_the_chosen_metric():
+    from train.detector import engine
+
+    def val(ap_a, ap_b, r_a, r_b):
+        return {"a": {"ap50": ap_a, "recall_at_budget": r_a}, "b": {"ap50": ap_b, "recall_at_budget": r_b}}
+    # Epoch 1 has the best AP, epoch 2 the best recall within the false-positive budget.
+    history = [{"epoch": 0, "val": val(0.80, 0.60, 0.70, 0.50)},
+               {"epoch": 1, "val": val(0.92, 0.64, 0.72, 0.52)},
+               {"epoch": 2, "val": val(0.90, 0.65, 0.80, 0.55)}]
+    for metric, want in (("ap50", 1), ("recall_at_budget", 2)):
+        best = {"epoch": None, "score": None, "metric": metric}
+        for entry in history:
+            score = engine.selection_score(entry["val"], metric)
+            if engine.improves(score, best):
+                best = {"epoch": entry["epoch"], "score": score, "metric": metric}
+        assert best["epoch"] == want, metric
+    assert engine.selection_score(history[2]["val"], "recall_at_budget") == pytest.approx(0.675)
+    assert not engine.improves(0.675, {"epoch": 2, "score": 0.675})  # a tie keeps the earlier epoch
+    assert engine.selection_score({"a": {"ap50": 0.9}}, "recall_at_budget") is None
+
+
+def test_resuming_an_older_checkpoint_keeps_its_best_comparable():
+    from train.detector import engine
+    old = [{"epoch": 0, "val": {"a": {"ap50": 0.7}}}, {"epoch": 1, "val": {"a": {"ap50": 0.8}}}]
+    best = {"epoch": 1, "score": 0.8}  # before selection rules were recorded: mean val AP50
+    assert engine.resumed_best(best, old, "ap50") == {"epoch": 1, "score": 0.8, "metric": "ap50"}
+    # Old val results lack the new metric: best.pt stays until the next validated epoch.
+    assert engine.resumed_best(best, old, "recall_at_budget") == {"epoch": 1, "score": None,
+                                                                  "metric": "recall_at_budget"}
+    new = [dict(e, val={"a": dict(e["val"]["a"], recall_at_budget=0.5 + e["epoch"] / 10.0)}) for e in old]
+    rescored = engine.resumed_best(best, new, "recall_at_budget")
+    assert rescored["epoch"] == 1 and rescored["score"] == pytest.approx(0.6)

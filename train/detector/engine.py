@@ -70,7 +70,8 @@ def train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch
 
 
 def validate(net, sets, sources, split, eval_adjust, settings):
-    """Face metrics of the PyTorch network on ``split`` of each source: {source: result}."""
+    """Face metrics of the PyTorch network on ``split`` of each source: {source: FaceScores}
+    (``.result(fp_budget)`` gives the numbers; ``FaceScores.pooled`` joins sources)."""
     net.eval()
     out = {}
     for source in sources:
@@ -79,6 +80,54 @@ def validate(net, sets, sources, split, eval_adjust, settings):
         with tqdm(total=len(scenes), desc="%s %s" % (source, split), disable=None, leave=False) as bar:
             out[source] = evaluate_scenes(detector, scenes, bar)
     return out
+
+
+def selection_score(val, metric):
+    """Mean over sources of ``metric`` in {source: result} (None if a source lacks it)."""
+    values = [r.get(metric) for r in val.values()]
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def improves(score, best):
+    """Whether an epoch scoring ``score`` replaces ``best`` ({epoch, score, metric}); ties keep
+    the earlier epoch, and an unknown best score (None) is replaced by any known one."""
+    return score is not None and (best["score"] is None or score > best["score"])
+
+
+def resumed_best(best, history, metric):
+    """``best`` of a resumed run, scored by ``metric``. Checkpoints before selection rules
+    recorded theirs hold {epoch, score}: mean val AP50. If the rule changes, best.pt keeps its
+    epoch and is re-scored from that epoch's val in ``history``; when that has no such
+    metric (an older run), its score is None and the next validated epoch replaces it."""
+    metric_was = best.get("metric", "ap50")
+    if metric_was == metric:
+        return dict(best, metric=metric)
+    score = None
+    for entry in history:
+        if entry["epoch"] == best["epoch"] and "val" in entry:
+            score = selection_score(entry["val"], metric)
+    return {"epoch": best["epoch"], "score": score, "metric": metric}
+
+
+def operating_point(scores, fp_budget, confidence):
+    """The operating point of one validated epoch, from {source: FaceScores}: per source and
+    pooled (all sources' images together: total false positives <= ``fp_budget`` x total
+    images) the lowest threshold within budget and the recall at IoU 0.5 there. ``confidence``
+    is the validation's own floor: thresholds equal to it mean the budget was never reached."""
+    from train.detector.evaluate import FaceScores
+
+    def rounded(pair):
+        recall, threshold = pair
+        return (None if recall is None else round(recall, 4), None if threshold is None else round(threshold, 4))
+
+    per_set = {source: rounded(f.at_budget(fp_budget)) for source, f in scores.items()}
+    recall, threshold = rounded(FaceScores.pooled(scores.values()).at_budget(fp_budget))
+    return {"fp_budget": fp_budget, "confidence": threshold, "recall_at_budget": recall,
+            "validated_at_confidence": confidence,
+            "per_set": {source: {"threshold_at_budget": t, "recall_at_budget": r}
+                        for source, (r, t) in per_set.items()}}
 
 
 def landmark_drift(net, reference, scenes, input_size, min_score=0.5):

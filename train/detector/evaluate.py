@@ -10,7 +10,9 @@ during training), and the ONNX files (original or exported) run in the edge's ow
 Reported per split: face AP at IoU 0.5 and 0.3 (all labels are one class, face; the score
 is the detector's), recall at IoU 0.5 / 0.3 overall and at 0.5 for faces under 32 px
 (longest side, in the scene's own pixels), false positives per image (detections matching
-no face at IoU 0.5), at the detector's operating point (confidence, min size, NMS).
+no face at IoU 0.5), at the detector's operating point (confidence, min size, NMS); and the
+operating point the split itself would choose: recall at IoU 0.5 at the lowest score
+threshold that keeps false positives within ``FP_BUDGET`` per image, and that threshold.
 """
 import inspect
 import os
@@ -29,6 +31,7 @@ from train.detector import boxstyle
 from train.detector.augment import preprocess
 
 IOUS = (0.5, 0.3)
+FP_BUDGET = 1.0  # false positives per image an operator tolerates (the product target)
 
 
 def edge_settings():
@@ -70,15 +73,36 @@ def onnx_detector(models_dir, box_adjust, threads=1, **settings):
 
 
 class FaceScores(object):
-    """Accumulates (truth boxes, detections) per image; ``result()`` gives the metrics above."""
+    """Accumulates (truth boxes, detections) per image; ``result()`` gives the metrics above.
 
-    def __init__(self):
+    ``floor``: the confidence below which the detector reported nothing (its ``confidence``);
+    the lowest threshold ``result()`` can name.
+    """
+
+    def __init__(self, floor=0.0):
+        self.floor = float(floor)
         self.n_images = 0
         self.ranked = {iou: [] for iou in IOUS}  # (score, true positive)
         self.hits = {iou: 0 for iou in IOUS}
         self.n_faces = 0
         self.small = [0, 0]  # hits at 0.5, faces, for faces under 32 px
         self.false_positives = 0
+
+    @classmethod
+    def pooled(cls, parts):
+        """One FaceScores over several splits (or sets): their images, faces and detections
+        together, floored at the highest of their floors."""
+        parts = list(parts)
+        out = cls(max([p.floor for p in parts] or [0.0]))
+        for p in parts:
+            out.n_images += p.n_images
+            out.n_faces += p.n_faces
+            out.false_positives += p.false_positives
+            out.small = [out.small[0] + p.small[0], out.small[1] + p.small[1]]
+            for iou in IOUS:
+                out.ranked[iou].extend(p.ranked[iou])
+                out.hits[iou] += p.hits[iou]
+        return out
 
     def add(self, gt_boxes, det_boxes, det_scores):
         """Score one image (xyxy boxes in the same pixels)."""
@@ -97,8 +121,38 @@ class FaceScores(object):
                 self.small[0] += int((gt_to_det[small] >= 0).sum())
                 self.small[1] += int(small.sum())
 
-    def result(self):
-        """{n_images, n_faces, n_small, ap50, ap30, recall50, recall30, recall_small50, fp_per_image}."""
+    def at_budget(self, fp_budget=FP_BUDGET):
+        """(recall at IoU 0.5, threshold) at the lowest score threshold (keep scores >= it)
+        whose false positives stay within ``fp_budget`` x images.
+
+        Detections with equal scores are kept or dropped together. When all detections fit
+        the budget the threshold is ``floor``, the detector's own confidence: detections below
+        it were never seen, so a lower threshold might still fit but cannot be measured here.
+        When not even the top-scored detection fits (a budget under one false positive in all),
+        no threshold keeps anything: (0.0, None). (None, None) without images or faces.
+        """
+        if not self.n_images or not self.n_faces:
+            return None, None
+        allowed = fp_budget * self.n_images
+        ranked = sorted(self.ranked[0.5], key=lambda st: -st[0])
+        threshold, tp, fp, kept_tp = None, 0, 0, 0
+        i = 0
+        while i < len(ranked):
+            j = i
+            while j < len(ranked) and ranked[j][0] == ranked[i][0]:  # a group of equal scores
+                tp += ranked[j][1]
+                fp += not ranked[j][1]
+                j += 1
+            if fp > allowed + 1e-9:
+                break
+            threshold, kept_tp, i = ranked[i][0], tp, j
+        if i == len(ranked):  # everything seen fits
+            threshold = self.floor
+        return kept_tp / float(self.n_faces), threshold
+
+    def result(self, fp_budget=FP_BUDGET):
+        """{n_images, n_faces, n_small, ap50, ap30, recall50, recall30, recall_small50,
+        fp_per_image, fp_budget, recall_at_budget, threshold_at_budget} (see ``at_budget``)."""
         out = {"n_images": self.n_images, "n_faces": self.n_faces, "n_small": self.small[1]}
         for iou in IOUS:
             ranked = self.ranked[iou]
@@ -108,13 +162,17 @@ class FaceScores(object):
             out["recall%d" % tag] = round(self.hits[iou] / float(self.n_faces), 4) if self.n_faces else None
         out["recall_small50"] = round(self.small[0] / float(self.small[1]), 4) if self.small[1] else None
         out["fp_per_image"] = round(self.false_positives / float(self.n_images), 4) if self.n_images else None
+        recall, threshold = self.at_budget(fp_budget)
+        out["fp_budget"] = fp_budget
+        out["recall_at_budget"] = None if recall is None else round(recall, 4)
+        out["threshold_at_budget"] = None if threshold is None else round(threshold, 4)
         return out
 
 
 def evaluate_scenes(detector, scenes, progress=None):
     """Run ``detector.detect`` on each scene (``Scene`` from train.detector.data) and score it
-    against the scene's annotated boxes; returns ``FaceScores.result()``."""
-    scores = FaceScores()
+    against the scene's annotated boxes; returns the ``FaceScores`` (``.result()``: the metrics)."""
+    scores = FaceScores(detector.confidence)
     for scene in scenes:
         image = cv2.imread(scene.path, cv2.IMREAD_COLOR)
         if image is None:
@@ -123,7 +181,7 @@ def evaluate_scenes(detector, scenes, progress=None):
         scores.add(scene.boxes, boxes, conf)
         if progress is not None:
             progress.update(1)
-    return scores.result()
+    return scores
 
 
 def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
@@ -144,10 +202,18 @@ def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
 
 
 def format_scores(r):
-    """One line: AP@.5, AP@.3, recall@.5, recall <32 px, FP/image."""
-    return "AP50 %.4f AP30 %.4f recall50 %.4f <32px %.4f FP/img %.3f (%d images, %d faces)" % (
-        r["ap50"] or 0, r["ap30"] or 0, r["recall50"] or 0, r["recall_small50"] or 0,
-        r["fp_per_image"] or 0, r["n_images"], r["n_faces"])
+    """One line: AP@.5, AP@.3, recall@.5, recall <32 px, FP/image, recall at the FP budget
+    and its threshold (results of older runs, without them, print without them)."""
+    line = "AP50 %.4f AP30 %.4f recall50 %.4f <32px %.4f FP/img %.3f" % (
+        r["ap50"] or 0, r["ap30"] or 0, r["recall50"] or 0, r["recall_small50"] or 0, r["fp_per_image"] or 0)
+    if "recall_at_budget" in r:
+        line += " | at <=%g FP/img: recall50 %s threshold %s" % (
+            r["fp_budget"], _or_dash(r["recall_at_budget"], "%.4f"), _or_dash(r["threshold_at_budget"], "%.4f"))
+    return line + " (%d images, %d faces)" % (r["n_images"], r["n_faces"])
+
+
+def _or_dash(value, fmt):
+    return "-" if value is None else fmt % value
 
 
 def model_convention(model):
@@ -176,7 +242,9 @@ def model_detector(model, settings, box_adjust, threads=1):
 
 
 def main(argv=None):
-    """``python -m train.detector.evaluate MODEL --data DIR [--data DIR2] [--split test]``."""
+    """``python -m train.detector.evaluate MODEL --data DIR [--data DIR2] [--split test]``; with
+    several sets also one line over all their images (``pooled``: its threshold_at_budget is
+    the one operating point that keeps the total false positives within budget)."""
     import argparse
     import json
 
@@ -199,6 +267,9 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=os.path.join("runs", "cache"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--fp-budget", type=float, default=FP_BUDGET,
+                   help="false positives per image for recall_at_budget / threshold_at_budget; with "
+                        "several sets also the pooled threshold (all their images together)")
     args = p.parse_args(argv)
     settings = edge_settings()
     for key in settings:
@@ -207,7 +278,7 @@ def main(argv=None):
             settings[key] = value
     sets, _ = load_sets(args.data)
     convention = model_convention(args.model) if args.box_adjust == "auto" else None
-    results = {}
+    results, parts = {}, []
     for source in sets:
         if args.box_adjust == "edge":
             adjust = BOX_ADJUST
@@ -222,12 +293,18 @@ def main(argv=None):
                                                   args.cache_dir, args.threads)
                 adjust = fitted[source]
         detector = model_detector(args.model, settings, adjust, args.threads)
-        result = evaluate_scenes(detector, sets[source][args.split])
+        scores = evaluate_scenes(detector, sets[source][args.split])
+        parts.append(scores)
+        result = scores.result(args.fp_budget)
         result.update(box_adjust=None if adjust is None else [round(float(v), 4) for v in adjust],
                       settings=dict(settings), split=args.split)
         results[source] = result
         print("%s %s %s: %s (box_adjust %s)" % (os.path.basename(args.model), source, args.split,
                                                format_scores(result), result["box_adjust"]))
+    if len(parts) > 1:
+        pooled = FaceScores.pooled(parts).result(args.fp_budget)
+        results["pooled"] = pooled
+        print("%s all sets %s: %s" % (os.path.basename(args.model), args.split, format_scores(pooled)))
     if args.json:
         with open(args.json, "w") as stream:
             json.dump(results, stream, indent=1)
