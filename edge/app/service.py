@@ -139,9 +139,10 @@ def _describe(video):
     detector_fallback = getattr(detector, "fallback", None)
     log.info("run %s: detector %s%s, classifier %s (%s backend%s, classes %s)", video.run_id,
              config["detector"]["name"],
-             " (%s, %s backend%s)" % (detector.path, detector_backend,
-                                      ", fallback: %s" % detector_fallback if detector_fallback else "")
-             if getattr(detector, "path", None) else "",
+             " (%s)" % ", ".join(part for part in (
+                 getattr(detector, "path", None), detector_backend and "%s backend" % detector_backend,
+                 detector_fallback and "fallback: %s" % detector_fallback, "confidence %g" % detector.confidence)
+                 if part),
              resolve_path(config["classifier"]["model"]), classifier.backend,
              ", fallback: %s" % classifier.fallback if classifier.fallback else "",
              ",".join(video.analyzer.classes))

@@ -112,7 +112,8 @@ def test_help_shows_every_default_and_commands_show_only_what_acts():
     from edge.measure.bench import build_parser as bench_parser
     from edge.measure.evaluate import build_parser as evaluate_parser
     service = _help(service_parser())
-    assert "minimum face confidence (a number in [0.0, 1.0]; default 0.3;" in service
+    assert "minimum face confidence (null: the detector file's operating point, else 0.3) (a number in " \
+        "[0.0, 1.0] or null; default null;" in service
     assert "never open a display (default off;" in service
     assert "--max-missed" in service and "--max-age" not in service  # it counts detector runs
     evaluate = _help(evaluate_parser())

@@ -204,6 +204,31 @@ def test_a_detector_whose_anchors_differ_is_refused(tmp_path):
     assert path in str(err.value) and "anchors" in str(err.value)
 
 
+def test_without_a_confidence_setting_the_file_s_operating_point_applies(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="editing the metadata needs the onnx package (make test-deps)")
+    from edge.app import config as edge_config
+    from edge.app.assemble import build_analyzer
+    model = onnx.load(SHIPPED_MODEL)
+    points = {}
+    for name, value in (("chosen", '{"confidence": 0.45, "fp_budget": 1.0}'), ("broken", "{not json")):
+        entry = [p for p in model.metadata_props if p.key == "operating_point"]
+        entry = entry[0] if entry else model.metadata_props.add()
+        entry.key, entry.value = "operating_point", value
+        points[name] = str(tmp_path / (name + ".onnx"))
+        onnx.save(model, points[name])
+    assert create_detector("retinaface", confidence=None, model=points["chosen"]).confidence == 0.45
+    assert create_detector("retinaface", confidence=0.3, model=points["chosen"]).confidence == 0.3  # a setting wins
+    config = edge_config.load(overrides={"detector.model": points["chosen"]})
+    assert config["detector"]["confidence"] is None  # the default: no setting
+    assert build_analyzer(config).detector.confidence == 0.45
+    with pytest.raises(ModelError, match="broken.onnx: unreadable operating_point metadata"):
+        create_detector("retinaface", confidence=None, model=points["broken"])
+    # A file without one, and the other detectors, run at DEFAULT_CONFIDENCE.
+    assert create_detector("haar", confidence=None).confidence == 0.3
+    if "operating_point" not in [p.key for p in onnx.load(SHIPPED_MODEL).metadata_props]:
+        assert create_detector("retinaface", confidence=None).confidence == 0.3
+
+
 def test_provision_is_idempotent_and_checks_sha256(tmp_path, capsys):
     need_models()
     # Present and intact: nothing downloaded, nothing rewritten.

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from edge.app import config as edge_config
 from edge.common import sha256
-from edge.infer.detectors.base import Detector, empty
+from edge.infer.detectors.base import DEFAULT_CONFIDENCE, Detector, empty
 from edge.infer.detectors.retinaface import ONNX_FILE, RetinaFaceDetector, WiderRetinaFaceDetector, anchors_for, decode
 from edge.measure.metrics import average_precision, greedy_match, size_bin
 from train.detector import boxstyle
@@ -39,7 +39,9 @@ def edge_settings():
     ``edge/app/default_config.yaml`` and the RetinaFace detector's own default input long side."""
     det = edge_config.defaults()["detector"]
     size = det["input_size"] or inspect.signature(RetinaFaceDetector.__init__).parameters["input_size"].default
-    return {"confidence": det["confidence"], "min_size": det["min_size"], "nms_iou": det["nms_iou"],
+    # The edge's default confidence is the model's own operating point, chosen above this floor.
+    confidence = DEFAULT_CONFIDENCE if det["confidence"] is None else det["confidence"]
+    return {"confidence": confidence, "min_size": det["min_size"], "nms_iou": det["nms_iou"],
             "input_size": size}
 
 

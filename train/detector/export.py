@@ -7,7 +7,8 @@ detector runs: the shipped ``models/face_detector.onnx``, or another one named b
 softmaxed) and ``landmarks`` (N, A, 10) with batch, height and width dynamic; opset 13
 (TensorRT 8.2 on the Nano parses up to 13). ``edge/infer/detectors/retinaface.py`` runs it
 unchanged. ``metadata_props`` describe it: architecture, input normalisation, anchors and
-variances, box convention, training data with counts and licences, metrics.
+variances, box convention, training data with counts and licences, metrics, and the
+operating point chosen on val (``operating_point``: the confidence the edge runs it at).
 
 Before anything is written, onnxruntime's outputs are compared with PyTorch's on real scenes
 (val scenes of the checkpoint's own data, at their own size and at the edge's long side,
@@ -63,6 +64,11 @@ def metadata_props(meta, checkpoint_path):
         "train_args": json.dumps(meta["train_args"], default=str),
         "checkpoint": os.path.basename(checkpoint_path),
     }
+    if meta.get("operating_point"):
+        # The confidence chosen on val for the false-positive budget: the edge's default
+        # (detector.confidence: null) runs the file at it.
+        props["operating_point"] = json.dumps(meta["operating_point"])
+        props["selection"] = json.dumps(meta.get("selection", {}))
     return props
 
 

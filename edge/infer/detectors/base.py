@@ -4,6 +4,10 @@ import numpy as np
 
 from edge.errors import ConfigError
 
+# The confidence of a detector run without one (detector.confidence: null) whose file names
+# no operating point of its own (the fine-tuned RetinaFace's does: retinaface_format).
+DEFAULT_CONFIDENCE = 0.3
+
 
 def check_frame(frame):
     """Return ``frame`` as an HxWx3 uint8 BGR array, or raise ValueError saying what is wrong.
@@ -58,8 +62,8 @@ def empty():
 class Detector(object):
     """A face detector: ``detect(frame_bgr) -> (boxes Nx4 xyxy float32 pixels, scores N)``.
 
-    ``confidence``: lowest score kept (0..1); ``min_size``: smallest face kept, longest side
-    in frame pixels; ``nms_iou``: overlap above which the lower-scored box is dropped;
+    ``confidence``: lowest score kept (0..1; None: ``DEFAULT_CONFIDENCE``); ``min_size``:
+    smallest face kept, longest side in frame pixels; ``nms_iou``: overlap above which the lower-scored box is dropped;
     ``input_size``: long side in pixels the frame is scaled to (up or down) before the
     detector sees it, None for the frame's own size; ``box_adjust``: (dx1, dy1, dx2, dy2)
     added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the
@@ -70,6 +74,8 @@ class Detector(object):
     name = None
 
     def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None):
+        if confidence is None:
+            confidence = DEFAULT_CONFIDENCE
         if not 0 <= float(confidence) <= 1:
             raise ConfigError("detector confidence %r: need 0 <= confidence <= 1" % (confidence,))
         if float(min_size) < 0:

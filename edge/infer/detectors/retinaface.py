@@ -32,18 +32,10 @@ from edge.infer.runtime import ort_session
 
 from .base import Detector, empty
 from .files import model_file
-from .retinaface_format import (  # noqa: F401 (ANCHOR_SIZES ... METADATA_KIND: this module's public names too)
-    ANCHOR_SIZES,
-    BOX_ADJUST,
-    MEAN_BGR,
-    METADATA_KIND,
-    STRIDES,
-    VARIANCE_CENTER,
-    VARIANCE_SIZE,
-    anchors_for,
-    check_metadata,
-    decode,
-)
+# Re-exported: this module's public names too (training and tests import them from here).
+from .retinaface_format import (  # noqa: F401
+    ANCHOR_SIZES, BOX_ADJUST, MEAN_BGR, METADATA_KIND, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE, anchors_for,
+    check_metadata, decode, operating_point)
 
 ONNX_FILE = "retinaface_mnet025.onnx"  # the WIDER FACE original, provisioned by `make models`
 # The fine-tuned default, shipped in the repository (like the classifier).
@@ -58,7 +50,7 @@ class RetinaFaceDetector(Detector):
 
     Options: ``model`` (a fine-tuned ONNX export; default the shipped
     ``models/face_detector.onnx``), ``box_adjust`` ("model": what the file's metadata
-    says), ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of
+    says; ``confidence`` None: the file's operating point, else ``DEFAULT_CONFIDENCE``), ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of
     TensorRT engines; None: beside the model), ``verify_faces`` (``(name, rgb)`` face crops
     a new engine is checked on), ``threads`` (onnxruntime intra-op threads, default 1: on a
     2-core CPU shared with video decoding one thread measured faster per frame than two;
@@ -80,6 +72,8 @@ class RetinaFaceDetector(Detector):
         except ValueError as exc:  # MetadataError: not an ONNX file at all
             raise ModelError("%s; use --detector retinaface-wider|ssd|haar" % exc)
         adjust = check_metadata(path, props)
+        if common.get("confidence", 0.5) is None:  # no setting: the file's own operating point
+            common["confidence"] = operating_point(path, props)
         Detector.__init__(self, input_size=input_size,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
         if backend == "auto" and tensorrt_available():

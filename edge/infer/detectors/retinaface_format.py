@@ -81,3 +81,16 @@ def check_metadata(path, props):
     if convention.get("style") == "native":
         return None  # trained on the annotations' own framing: nothing to shift
     return tuple(float(v) for v in convention.get("edge_box_adjust", BOX_ADJUST))
+
+
+def operating_point(path, props):
+    """The confidence a fine-tuned export was chosen to run at (its ``operating_point``
+    metadata: the lowest threshold that kept val false positives within the training's
+    budget per image), or None for a file that names none (exported before it was recorded)."""
+    if "operating_point" not in props:
+        return None
+    try:
+        confidence = json.loads(props["operating_point"]).get("confidence")
+        return None if confidence is None else float(confidence)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ModelError("%s: unreadable operating_point metadata (%s)" % (path, exc))
