@@ -32,10 +32,19 @@ from edge.infer.runtime import ort_session
 
 from .base import Detector, empty
 from .files import model_file
-# Re-exported: this module's public names too (training and tests import them from here).
-from .retinaface_format import (  # noqa: F401
-    ANCHOR_SIZES, BOX_ADJUST, MEAN_BGR, METADATA_KIND, STRIDES, VARIANCE_CENTER, VARIANCE_SIZE, anchors_for,
-    check_metadata, decode, operating_point)
+from .retinaface_format import (  # noqa: F401 (re-exported: training and tests import them from here)
+    ANCHOR_SIZES,
+    BOX_ADJUST,
+    MEAN_BGR,
+    METADATA_KIND,
+    STRIDES,
+    VARIANCE_CENTER,
+    VARIANCE_SIZE,
+    anchors_for,
+    check_metadata,
+    decode,
+    operating_point,
+)
 
 ONNX_FILE = "retinaface_mnet025.onnx"  # the WIDER FACE original, provisioned by `make models`
 # The fine-tuned default, shipped in the repository (like the classifier).
