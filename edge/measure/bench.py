@@ -148,6 +148,7 @@ def measure(config, analyzer=None, warmup=10, outputs=(), should_stop=None):
         ("stages", stages),
         ("cpu", cpu), ("peak_rss_mb", benchstats.peak_rss_mb()), ("jetson", device),
         ("backend", getattr(analyzer.classifier, "backend", None)),
+        ("detector_backend", getattr(analyzer.detector, "backend", None)),
         ("frame_size", list(pipeline.frame_size)),
     ])
     return result, analyzer
@@ -259,7 +260,7 @@ def _main(args, should_stop):
 def _config_summary(config, vs_baseline):
     det, clf = config["detector"], config["classifier"]
     return collections.OrderedDict([
-        ("detector", det["name"]), ("detector_input", det["input_size"]),
+        ("detector", det["name"]), ("detector_input", det["input_size"]), ("detector_backend", det["backend"]),
         ("detect_every", det["every"]), ("model", clf["model"]), ("backend", clf["backend"]),
         ("max_batch", clf["max_batch"]), ("classify_every", clf["every"]),
         ("max_frames", config["max_frames"]), ("baseline", bool(config["baseline"])), ("baseline_compared", bool(vs_baseline)),
