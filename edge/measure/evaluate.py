@@ -170,7 +170,10 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
         analyzer.classifier.close()
     result = evaluation.result()
     result = collections.OrderedDict(
-        [("detector", config["detector"]["name"]), ("model", config["classifier"]["model"]),
+        [("detector", config["detector"]["name"]),
+         # What the detector ran at: a fine-tuned file brings its own operating point.
+         ("detector_file", getattr(analyzer.detector, "path", None)),
+         ("detector_confidence", analyzer.detector.confidence), ("model", config["classifier"]["model"]),
          ("classes", list(analyzer.classes)), ("input", scenes_arg), ("split", args.split),
          ("mode", mode)] + list(result.items()))
     result["ms_per_image"] = round(1000.0 * busy / max(evaluation.n_images, 1), 2)

@@ -36,8 +36,9 @@ def _iou(result):
 
 def evaluation_text(result):
     """The report of one evaluation: recall by class and size, FP/image, AP, confusion, targets."""
-    out = ["%s + %s on %s%s (%s): %d images, %d faces, %d detections, %.1f ms/image\n" % (
-        result["detector"], os.path.basename(result["model"]), result["input"],
+    out = ["%s (confidence %s) + %s on %s%s (%s): %d images, %d faces, %d detections, %.1f ms/image\n" % (
+        result["detector"], "%g" % result["detector_confidence"] if "detector_confidence" in result else "?",
+        os.path.basename(result["model"]), result["input"],
         " split %s" % result["split"] if result["split"] else "", result["mode"],
         result["n_images"], result["n_faces"], result["n_detections"], result["ms_per_image"])]
     rows = []
