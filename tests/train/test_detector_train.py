@@ -207,7 +207,7 @@ def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path
     net = load_from_onnx(onnx_path)
     meta = checkpoint.describe(onnx_path, "common", {"kaggle853": BOX_ADJUST},
                                {"kaggle853": {"folder": "x", "licence": "CC0-1.0", "scenes": {}, "faces": {}}},
-                               {"data": ["x/kaggle853"]}, 256, ["kaggle853"])
+                               {"data": ["x/kaggle853"], "out": "/home/someone/runs/det"}, 256, ["kaggle853"])
     meta["operating_point"] = {"fp_budget": 1.0, "confidence": 0.42, "recall_at_budget": 0.9}
     ckpt = str(tmp_path / "best.pt")
     checkpoint.save(ckpt, net, meta, epoch=0)
@@ -223,6 +223,7 @@ def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path
     for key in ("arch", "mean_bgr", "anchors", "variances", "box_convention", "training_data", "licences"):
         assert props.get(key), key
     assert "CC0" in props["licences"]
+    assert json.loads(props["train_args"])["out"] == "det"  # no training machine's folders in a shipped file
     assert json.loads(props["operating_point"])["confidence"] == 0.42  # the edge's default confidence for it
     assert RetinaFaceDetector(None, model=path, confidence=None).confidence == 0.42
     # The edge's detector runs the exported file unchanged: same faces as the original.

@@ -36,6 +36,18 @@ OUTPUTS = ("loc", "conf", "landmarks")
 FILE_NAME = os.path.basename(SHIPPED_MODEL)  # face_detector.onnx
 
 
+def portable(args):
+    """Training arguments with absolute paths cut to their last part: the file ships, the
+    training machine's folders mean nothing elsewhere (relative ones are kept as given)."""
+    def clean(value):
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.basename(os.path.normpath(value))
+        return value
+    return dict((key, clean(value)) for key, value in args.items())
+
+
 def metadata_props(meta, checkpoint_path):
     """The ONNX metadata (str -> str) of a checkpoint's ``meta``."""
     # Only the sets trained on bind the model (the first checkpoints listed the sets only
@@ -61,7 +73,7 @@ def metadata_props(meta, checkpoint_path):
         "licences": "; ".join("%s: %s" % (s, e["licence"]) for s, e in training.items()),
         "init": json.dumps(meta["init"]),
         "metrics": json.dumps(meta.get("metrics", {})),
-        "train_args": json.dumps(meta["train_args"], default=str),
+        "train_args": json.dumps(portable(meta["train_args"]), default=str),
         "checkpoint": os.path.basename(checkpoint_path),
     }
     if meta.get("operating_point"):
