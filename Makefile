@@ -84,7 +84,7 @@ runs/maskwear/manifest.csv: install models
 # the ONNX for the edge is then `python -m train.detector.export runs/det/best.pt --out FILE.onnx`.
 train-detector: install models
 	$(PY) -m train.detector --data $(DATA)/kaggle853 --data $(DATA)/moxa3k \
-	  --ignore-unannotated moxa3k=0.5 --balance --epochs 3 --out runs/det
+	  --ignore-unannotated moxa3k=0.5 --balance --epochs 8 --threads 1 --out runs/det
 
 demo: install-edge models
 	mkdir -p $(OUT)

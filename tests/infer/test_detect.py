@@ -1,6 +1,7 @@
 """Face detectors on real kaggle853 test scenes against their annotated boxes, NMS, limits,
 errors, and the provisioning of the detector files."""
 import hashlib
+import json
 import os
 import xml.etree.ElementTree as ET
 import zipfile
@@ -223,10 +224,14 @@ def test_without_a_confidence_setting_the_file_s_operating_point_applies(tmp_pat
     assert build_analyzer(config).detector.confidence == 0.45
     with pytest.raises(ModelError, match="broken.onnx: unreadable operating_point metadata"):
         create_detector("retinaface", confidence=None, model=points["broken"])
-    # A file without one, and the other detectors, run at DEFAULT_CONFIDENCE.
+    # The shipped file has one (chosen on val by training); a file without one, and the other
+    # detectors, run at DEFAULT_CONFIDENCE.
+    shipped = json.loads([p.value for p in onnx.load(SHIPPED_MODEL).metadata_props if p.key == "operating_point"][0])
+    assert create_detector("retinaface", confidence=None).confidence == shipped["confidence"] > 0.3
+    del model.metadata_props[[p.key for p in model.metadata_props].index("operating_point")]
+    onnx.save(model, str(tmp_path / "none.onnx"))
+    assert create_detector("retinaface", confidence=None, model=str(tmp_path / "none.onnx")).confidence == 0.3
     assert create_detector("haar", confidence=None).confidence == 0.3
-    if "operating_point" not in [p.key for p in onnx.load(SHIPPED_MODEL).metadata_props]:
-        assert create_detector("retinaface", confidence=None).confidence == 0.3
 
 
 def test_provision_is_idempotent_and_checks_sha256(tmp_path, capsys):
