@@ -361,7 +361,7 @@ class VideoRun(object):
     def _roll_back(self, new, undo):
         """Close what a failed reload opened and reopen what it closed."""
         if "analyzer" in new:
-            new["analyzer"].classifier.close()
+            new["analyzer"].close()
         if "source" in new:
             new["source"].close()
         for _, sink in new.get("sinks", []):
@@ -406,7 +406,7 @@ class VideoRun(object):
             self.events.reopen()
         models_changed = "analyzer" in new
         if models_changed:
-            self.analyzer.classifier.close()  # only an owned analyzer is ever replaced
+            self.analyzer.close()  # only an owned analyzer is ever replaced
             self.analyzer = new["analyzer"]
         old_pipeline, old_config = self.pipeline, self.config
         same_scene = not source_changed
@@ -446,7 +446,7 @@ class VideoRun(object):
             self.web.close()
             self.web = None
         if self.analyzer is not None and self._owns_analyzer:
-            self.analyzer.classifier.close()
+            self.analyzer.close()
             self.analyzer = None
 
     def __enter__(self):

@@ -85,7 +85,7 @@ def run(config, should_stop=None):
                     log.error("could not write %s", path)
     finally:
         source.close()
-        analyzer.classifier.close()
+        analyzer.close()
     _write_json(results, config["events"]["path"], folder)
     log.info("%d image(s), faces: %s", len(results),
              ", ".join("%s %d" % item for item in totals.items()))

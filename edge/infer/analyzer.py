@@ -102,6 +102,11 @@ class FaceAnalyzer(object):
         self.classified = 0      # faces classified
         self.predict_calls = 0   # classifier calls (batches)
 
+    def close(self):
+        """Release both models (a TensorRT engine holds GPU memory until then); safe twice."""
+        self.classifier.close()
+        self.detector.close()
+
     def detect(self, image):
         """(boxes float32 Nx4 xyxy, scores float32 N) of the faces in a BGR frame."""
         with self.timer.stage("detect"):

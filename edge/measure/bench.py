@@ -246,7 +246,7 @@ def _main(args, should_stop):
                 report["flops"] = flops_report(config, analyzer, measured["frame_size"], measured,
                                                report.get("baseline"))
         finally:
-            analyzer.classifier.close()
+            analyzer.close()
     except FAILURES as exc:
         log.error("%s", exc)
         return exit_status(exc)

@@ -167,7 +167,7 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
                                               args.per_frame, sheet, _progress, args.iou)
             mode = "video, frame by frame" if args.per_frame else "video, service pipeline"
     finally:
-        analyzer.classifier.close()
+        analyzer.close()
     result = evaluation.result()
     result = collections.OrderedDict(
         [("detector", config["detector"]["name"]),

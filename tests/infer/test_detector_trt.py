@@ -73,8 +73,10 @@ def test_engine_is_built_checked_cached_and_detects_as_onnxruntime(api, tmp_path
         again.session.run(["loc", "conf"], {"input": np.zeros((1, 3, 544, 1280), np.float32)})
     with pytest.raises(ModelError, match="is the engine of a face-detector, not of a classifier"):
         TrtClassifier(detector.engine_path)
-    detector.session.close()
-    again.session.close()
+    for engine in (detector, again):
+        engine.close()
+        engine.close()  # twice is harmless
+    assert FakeCuda.memory == {} and FakeCuda.detached  # GPU buffers freed, context released
 
 
 def test_an_engine_that_disagrees_is_deleted_remembered_and_auto_falls_back(tmp_path, monkeypatch, caplog):

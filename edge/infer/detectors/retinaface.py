@@ -59,8 +59,9 @@ class RetinaFaceDetector(Detector):
 
     Options: ``model`` (a fine-tuned ONNX export; default the shipped
     ``models/face_detector.onnx``), ``box_adjust`` ("model": what the file's metadata
-    says; ``confidence`` None: the file's operating point, else ``DEFAULT_CONFIDENCE``), ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of
-    TensorRT engines; None: beside the model), ``verify_faces`` (``(name, rgb)`` face crops
+    says; ``confidence`` None: the file's operating point, else ``DEFAULT_CONFIDENCE``),
+    ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of TensorRT
+    engines; None: beside the model), ``verify_faces`` (``(name, rgb)`` face crops
     a new engine is checked on), ``threads`` (onnxruntime intra-op threads, default 1: on a
     2-core CPU shared with video decoding one thread measured faster per frame than two;
     None: one per core), ``providers`` (onnxruntime execution providers; default CUDA where
@@ -104,6 +105,12 @@ class RetinaFaceDetector(Detector):
                                         log=_log.info)
         self.session, self.path, self.engine_path = TrtDetectorSession(engine), path, engine
         self.backend, self.outputs, self._anchors = "trt", ["loc", "conf"], {}
+
+    def close(self):
+        """Free the TensorRT engine, if that is what runs (onnxruntime frees itself)."""
+        if getattr(self, "backend", None) == "trt" and self.session is not None:
+            self.session.close()
+            self.session = None
 
     def _open(self, path, threads, providers, hint):
         try:
