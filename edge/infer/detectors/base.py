@@ -94,9 +94,6 @@ class Detector(object):
         self.nms_iou = float(nms_iou)
         self.input_size = None if input_size is None else int(input_size)
 
-    def close(self):
-        """Release the model (a TensorRT engine's GPU memory); safe to call twice."""
-
     def __repr__(self):
         return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s>" % (
             self.name, self.confidence, self.min_size, self.nms_iou, self.input_size)
