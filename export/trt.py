@@ -92,7 +92,7 @@ def _check_images(args, onnx_path, log):
 
 def is_face_detector(onnx_path):
     """True for an export of ``python -m train.detector.export`` (its metadata says so)."""
-    from edge.infer.detectors.retinaface import METADATA_KIND
+    from edge.infer.detectors.retinaface_format import METADATA_KIND
     return read_metadata_props(onnx_path).get("maskgate_model") == METADATA_KIND
 
 

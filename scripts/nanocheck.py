@@ -286,15 +286,14 @@ def detector_engine(cache, faces):
     """The shipped face detector's engine, built into the service's cache (edge-bench then uses
     it), and its median latency on a 960x540 frame; a failure is reported, not raised."""
     from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from edge.infer.detectors.retinaface_format import to_blob
     from edge.infer.detectors.retinaface_trt import TrtDetectorSession, check_frames, ensure_detector_engine
     messages, started = [], time.time()
     try:
         engine = ensure_detector_engine(SHIPPED_MODEL, cache, 960, faces=faces, log=messages.append)
     except Exception as exc:  # noqa: BuildError, or TensorRT's own: the service falls back to onnxruntime
         return {"summary": "FAILED (%s: %s)" % (type(exc).__name__, exc), "log": messages[-30:]}
-    import cv2
-    frame = check_frames(faces, count=1)[0]
-    blob = cv2.dnn.blobFromImage(frame, 1.0, (frame.shape[1], frame.shape[0]), (104.0, 117.0, 127.0))
+    blob = to_blob(check_frames(faces, count=1)[0])
     session, times = TrtDetectorSession(engine), []
     try:
         for _ in range(21):

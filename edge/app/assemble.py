@@ -36,9 +36,9 @@ def build_analyzer(config, timer=None):
     if det["model"] is not None:
         options["model"] = resolve_path(det["model"])
     model = resolve_path(clf["model"])
+    faces = shipped_faces(model)  # the real crops every new engine is checked on
     if det["name"] == "retinaface":
-        options.update(backend=det["backend"], engine_cache=clf["engine_cache"],
-                       verify_faces=shipped_faces(model))
+        options.update(backend=det["backend"], engine_cache=clf["engine_cache"], verify_faces=faces)
     elif det["backend"] == "trt":
         raise ConfigError("detector.backend trt: only the retinaface detector has a TensorRT engine "
                           "(detector.name is %s)" % det["name"])
@@ -47,7 +47,7 @@ def build_analyzer(config, timer=None):
                                confidence=det["confidence"], min_size=det["min_size"],
                                nms_iou=det["nms_iou"], **options)
     classifier = load_classifier(model, backend=clf["backend"], max_batch=clf["max_batch"],
-                                 engine_cache=clf["engine_cache"], verify_images=shipped_faces(model),
+                                 engine_cache=clf["engine_cache"], verify_images=faces,
                                  log=log.info)
     return FaceAnalyzer(detector, classifier, max_batch=1 if config["baseline"] else clf["max_batch"],
                         timer=timer)

@@ -137,12 +137,10 @@ def _describe(video):
     detector = video.analyzer.detector
     detector_backend = getattr(detector, "backend", None)
     detector_fallback = getattr(detector, "fallback", None)
-    log.info("run %s: detector %s%s, classifier %s (%s backend%s, classes %s)", video.run_id,
-             config["detector"]["name"],
-             " (%s)" % ", ".join(part for part in (
-                 getattr(detector, "path", None), detector_backend and "%s backend" % detector_backend,
-                 detector_fallback and "fallback: %s" % detector_fallback, "confidence %g" % detector.confidence)
-                 if part),
+    parts = [getattr(detector, "path", None), detector_backend and "%s backend" % detector_backend,
+             detector_fallback and "fallback: %s" % detector_fallback, "confidence %g" % detector.confidence]
+    log.info("run %s: detector %s (%s), classifier %s (%s backend%s, classes %s)", video.run_id,
+             config["detector"]["name"], ", ".join(p for p in parts if p),
              resolve_path(config["classifier"]["model"]), classifier.backend,
              ", fallback: %s" % classifier.fallback if classifier.fallback else "",
              ",".join(video.analyzer.classes))

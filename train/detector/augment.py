@@ -21,7 +21,7 @@ import random
 import cv2
 import numpy as np
 
-from edge.infer.detectors.retinaface import MEAN_BGR
+from edge.infer.detectors.retinaface import MEAN_BGR, to_blob
 
 MASK_COLOURS = ((230, 200, 160), (245, 245, 245), (30, 30, 30), (200, 170, 120))  # BGR
 
@@ -29,8 +29,7 @@ MASK_COLOURS = ((230, 200, 160), (245, 245, 245), (30, 30, 30), (200, 170, 120))
 
 def preprocess(image_bgr):
     """BGR uint8 HxWx3 -> float32 1x3xHxW minus the mean, exactly as the edge runtime does it."""
-    h, w = image_bgr.shape[:2]
-    return cv2.dnn.blobFromImage(image_bgr, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
+    return to_blob(image_bgr)
 
 class TrainAugment(object):
     """Callable ``(image_bgr, boxes, ignore, rng) -> (image uint8 SxSx3, boxes, ignore)``."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.errors import ModelError
 from edge.infer.detectors.files import default_models_dir, model_file
-from edge.infer.detectors.retinaface import MEAN_BGR, ONNX_FILE, VARIANCE_CENTER, anchors_for, decode
+from edge.infer.detectors.retinaface import ONNX_FILE, VARIANCE_CENTER, anchors_for, decode, to_blob
 from edge.infer.runtime import ort_session
 
 DEFAULT_MODELS = default_models_dir()
@@ -121,8 +121,7 @@ class LandmarkFinder:
     def run(self, bgr):
         """All detections in a BGR image: (boxes Nx4, scores N, landmarks Nx5x2), pixels."""
         h, w = bgr.shape[:2]
-        blob = cv2.dnn.blobFromImage(bgr, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
-        loc, conf, pre = self.session.run(["loc", "conf", "landmarks"], {"input": blob})
+        loc, conf, pre = self.session.run(["loc", "conf", "landmarks"], {"input": to_blob(bgr)})
         anchors = anchors_for(h, w)
         if len(anchors) != conf.shape[1]:
             raise ModelError("retinaface: %d outputs for a %dx%d input, expected %d anchors"

@@ -39,17 +39,19 @@ class BuildError(ModelError):
     """TensorRT could not build an engine, or the engine failed its check against onnxruntime."""
 
 
-def cache_key(onnx_sha256, trt_version, gpu, precision, max_batch):
-    """Every fact an engine depends on, as a file-name fragment."""
+def cache_key(onnx_sha256, trt_version, gpu, precision, max_batch, shapes=None):
+    """Every fact an engine depends on, as a file-name fragment; ``shapes``: the profile's
+    tag when it is not a batch (the detector's ``s960``), else ``b<max_batch>``."""
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
-    return "%s.trt%s.%s.%s.b%d" % (onnx_sha256[:16], trt_version, slug, precision, int(max_batch))
+    return "%s.trt%s.%s.%s.%s" % (onnx_sha256[:16], trt_version, slug, precision,
+                                  shapes or "b%d" % int(max_batch))
 
 
-def cached_engine_path(onnx_path, cache_dir, onnx_sha256, trt_version, gpu, precision, max_batch):
+def cached_engine_path(onnx_path, cache_dir, onnx_sha256, trt_version, gpu, precision, max_batch, shapes=None):
     """``CACHE/<onnx stem>.<cache key>.engine``."""
     stem = os.path.splitext(os.path.basename(onnx_path))[0]
     return os.path.join(cache_dir, "%s.%s.engine" % (stem, cache_key(onnx_sha256, trt_version, gpu,
-                                                                       precision, max_batch)))
+                                                                       precision, max_batch, shapes)))
 
 
 @contextlib.contextmanager
@@ -75,7 +77,8 @@ def _progress(trt, config, log, every=15.0):
 
 def serialize(onnx_path, data, shapes, precision="fp16", workspace_mb=DEFAULT_WORKSPACE_MB, log=_log.info,
               what="", calibrate=None):
-    """Parse the ONNX bytes ``data`` and build a serialized engine; (bytes, GPU name).
+    """Parse the ONNX bytes ``data`` and build a serialized engine: (bytes, the build's facts
+    for the sidecar: ``onnx``, ``onnx_sha256``, ``tensorrt``, ``gpu``, ``precision``, ``workspace_mb``).
 
     ``shapes``: {input name: (min, opt, max) shapes}, one optimization profile;
     ``calibrate(trt, cuda, config, profile)``: sets up INT8 calibration (int8 only);
@@ -119,7 +122,9 @@ def serialize(onnx_path, data, shapes, precision="fp16", workspace_mb=DEFAULT_WO
         ctx.detach()
     if serialized is None:
         raise BuildError("TensorRT failed to build %s (messages above); a larger --workspace may help" % onnx_path)
-    return bytes(serialized), gpu  # IHostMemory: a buffer
+    facts = {"onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
+             "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "workspace_mb": int(workspace_mb)}
+    return bytes(serialized), facts  # IHostMemory: a buffer
 
 
 def write_engine(engine_path, serialized, info):
@@ -155,13 +160,9 @@ def build_engine(onnx_path, engine_path, max_batch=DEFAULT_MAX_BATCH, precision=
         trt_compat.set_calibration_profile(config, profile)
 
     shapes = {"input": ((1,) + chw, (min(OPT_BATCH, max_batch),) + chw, (max_batch,) + chw)}
-    serialized, gpu = serialize(onnx_path, data, shapes, precision, workspace_mb, log,
-                                "batch 1..%d" % max_batch, calibrate)
-    trt = import_tensorrt()
-    return write_engine(engine_path, serialized, {
-        "meta": meta, "onnx": os.path.basename(onnx_path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "max_batch": int(max_batch),
-        "workspace_mb": int(workspace_mb)})
+    serialized, facts = serialize(onnx_path, data, shapes, precision, workspace_mb, log,
+                                  "batch 1..%d" % max_batch, calibrate)
+    return write_engine(engine_path, serialized, dict(facts, meta=meta, max_batch=int(max_batch)))
 
 
 def verify_engine(engine_path, onnx_path, images, log=_log.info):

@@ -106,21 +106,18 @@ class TrtRunner(object):
         self._ctx.push()
         try:
             shapes = self._set_shapes({name: np.shape(array) for name, array in feeds.items()})
-            for index, (name, is_input, _, _) in enumerate(self.tensors):
+            sizes = [int(np.prod(shape)) for shape in shapes]
+            for i, (name, is_input, _, _) in enumerate(self.tensors):
                 if is_input:
-                    count = int(np.prod(shapes[index]))
-                    self._host[index][:count] = np.ascontiguousarray(feeds[name], self._host[index].dtype).ravel()
-                    cuda.memcpy_htod_async(self._device[index], self._host[index][:count], self._stream)
+                    self._host[i][:sizes[i]] = np.ascontiguousarray(feeds[name], self._host[i].dtype).ravel()
+                    cuda.memcpy_htod_async(self._device[i], self._host[i][:sizes[i]], self._stream)
             trt_compat.execute(self._context, self.tensors, self._device, self._stream.handle)
-            outputs = {}
-            for index, (name, is_input, _, _) in enumerate(self.tensors):
+            for i, (_, is_input, _, _) in enumerate(self.tensors):
                 if not is_input:
-                    count = int(np.prod(shapes[index]))
-                    cuda.memcpy_dtoh_async(self._host[index][:count], self._device[index], self._stream)
-                    outputs[name] = (index, count, shapes[index])
+                    cuda.memcpy_dtoh_async(self._host[i][:sizes[i]], self._device[i], self._stream)
             self._stream.synchronize()
-            return {name: np.array(self._host[i][:n], np.float32).reshape(shape)
-                    for name, (i, n, shape) in outputs.items()}
+            return {name: np.array(self._host[i][:sizes[i]], np.float32).reshape(shapes[i])
+                    for i, (name, is_input, _, _) in enumerate(self.tensors) if not is_input}
         finally:
             self._ctx.pop()
 

@@ -63,7 +63,8 @@ class Detector(object):
     """A face detector: ``detect(frame_bgr) -> (boxes Nx4 xyxy float32 pixels, scores N)``.
 
     ``confidence``: lowest score kept (0..1; None: ``DEFAULT_CONFIDENCE``); ``min_size``:
-    smallest face kept, longest side in frame pixels; ``nms_iou``: overlap above which the lower-scored box is dropped;
+    smallest face kept, longest side in frame pixels; ``nms_iou``: overlap above which the
+    lower-scored box is dropped;
     ``input_size``: long side in pixels the frame is scaled to (up or down) before the
     detector sees it, None for the frame's own size; ``box_adjust``: (dx1, dy1, dx2, dy2)
     added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the

@@ -21,7 +21,6 @@ its ``Shape`` nodes are dynamic).
 import logging
 import os
 
-import cv2
 import numpy as np
 
 from edge.common import PACKAGE_ROOT
@@ -44,6 +43,7 @@ from .retinaface_format import (  # noqa: F401 (re-exported: training and tests 
     check_metadata,
     decode,
     operating_point,
+    to_blob,
 )
 
 ONNX_FILE = "retinaface_mnet025.onnx"  # the WIDER FACE original, provisioned by `make models`
@@ -129,8 +129,7 @@ class RetinaFaceDetector(Detector):
 
     def _detect(self, image, scale):
         h, w = image.shape[:2]
-        blob = cv2.dnn.blobFromImage(image, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
-        loc, conf = self.session.run(self.outputs, {"input": blob})
+        loc, conf = self.session.run(self.outputs, {"input": to_blob(image)})
         loc, scores = loc[0], conf[0, :, 1]
         anchors = self._anchors_for(h, w)
         if len(anchors) != len(scores):

@@ -9,6 +9,7 @@ BGR input minus a per-channel mean, anchors of sizes 16/32, 64/128, 256/512 px o
 """
 import json
 
+import cv2
 import numpy as np
 
 from edge.errors import ModelError
@@ -20,6 +21,12 @@ MEAN_BGR = (104.0, 117.0, 127.0)
 STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE_CENTER, VARIANCE_SIZE = 0.1, 0.2
+
+
+def to_blob(image_bgr):
+    """BGR uint8 HxWx3 -> the network's input: float32 1x3xHxW minus ``MEAN_BGR``, same size."""
+    h, w = image_bgr.shape[:2]
+    return cv2.dnn.blobFromImage(image_bgr, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
 
 
 def anchors_for(height, width):

@@ -17,7 +17,6 @@ sidecar, cache, build lock and memory of failed builds), with what differs for a
 
 Tested here against a stand-in for TensorRT only (tests/helpers.py); it has not run on a GPU.
 """
-import hashlib
 import logging
 import os
 
@@ -37,7 +36,7 @@ from edge.infer.classify.engine import (
 from edge.infer.classify.onnx_meta import read_metadata_props
 from edge.infer.classify.sidecar import check_sidecar, read_sidecar
 from edge.infer.classify.trt import TrtRunner, gpu_name, import_pycuda, import_tensorrt
-from edge.infer.detectors.retinaface_format import MEAN_BGR, METADATA_KIND, anchors_for, check_metadata, decode
+from edge.infer.detectors.retinaface_format import METADATA_KIND, anchors_for, check_metadata, decode, to_blob
 
 KIND = METADATA_KIND  # the sidecar's kind: the same name as the export's metadata
 MIN_SIDE = 32
@@ -66,9 +65,8 @@ def engine_profile(max_side):
 def engine_path_for(onnx_path, cache_dir, max_side, precision="fp16"):
     """``CACHE/<onnx stem>.<model sha>.trt<version>.<gpu>.<precision>.s<max side>.engine``."""
     trt, cuda = import_tensorrt(), import_pycuda()
-    path = cached_engine_path(onnx_path, cache_dir, sha256(onnx_path), trt.__version__, gpu_name(cuda),
-                              precision, 1)
-    return path[:-len(".b1.engine")] + ".s%d.engine" % max_side
+    return cached_engine_path(onnx_path, cache_dir, sha256(onnx_path), trt.__version__, gpu_name(cuda),
+                              precision, 1, shapes="s%d" % max_side)
 
 
 def build_detector_engine(onnx_path, engine_path, max_side, precision="fp16", workspace_mb=256, log=_log.info):
@@ -79,12 +77,10 @@ def build_detector_engine(onnx_path, engine_path, max_side, precision="fp16", wo
         raise BuildError("INT8 is not offered for the detector (no calibration scenes); build it with --fp16")
     with open(onnx_path, "rb") as f:
         data = f.read()
-    serialized, gpu = serialize(onnx_path, data, {"input": engine_profile(max_side)}, precision, workspace_mb,
-                                log, "frames up to %dx%d" % (max_side, max_side))
-    return write_engine(engine_path, serialized, {
-        "kind": KIND, "meta": props, "onnx": os.path.basename(onnx_path),
-        "onnx_sha256": hashlib.sha256(data).hexdigest(), "tensorrt": import_tensorrt().__version__, "gpu": gpu,
-        "precision": precision, "max_batch": 1, "max_side": int(max_side), "workspace_mb": int(workspace_mb)})
+    serialized, facts = serialize(onnx_path, data, {"input": engine_profile(max_side)}, precision, workspace_mb,
+                                  log, "frames up to %dx%d" % (max_side, max_side))
+    return write_engine(engine_path, serialized, dict(facts, kind=KIND, meta=props, max_batch=1,
+                                                      max_side=int(max_side)))
 
 
 class TrtDetectorSession(object):
@@ -151,7 +147,7 @@ def compare_runtimes(engine_session, ort_session, frames):
     diffs, ious = [], []
     for frame in frames:
         h, w = frame.shape[:2]
-        blob = cv2.dnn.blobFromImage(frame, 1.0, (w, h), MEAN_BGR, swapRB=False, crop=False)
+        blob = to_blob(frame)
         (loc_a, conf_a), (loc_b, conf_b) = [s.run(["loc", "conf"], {"input": blob}) for s in (engine_session,
                                                                                                ort_session)]
         score_a, score_b = conf_a[0, :, 1], conf_b[0, :, 1]
