@@ -38,7 +38,9 @@ def get_args_parser():
                         "with a manifest.csv) make up")
     p.add_argument("--classes", default="mask,no_mask", help="classes in output order")
     p.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHS))
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet | none | PATH (a checkpoint of this project: a model of other classes "
+                        "keeps the rows of the classes both name, so a two-class model can grow `incorrect`)")
     p.add_argument("--freeze", default="none", help="none | head | N (train the last N blocks + head)")
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--crop-margin", type=float, default=0.15, help="face-box margin on each side for scene crops")
@@ -187,7 +189,7 @@ def main(argv=None):
         args.lr, args.batch_size = best
         search_md = table
         print(table)
-    model = build_model(args.arch, len(args.classes), args.weights)
+    model = build_model(args.arch, len(args.classes), args.weights, args.classes)
     trainable = set_trainable(model, args.freeze)
     print("%s at %d px: %d trainable parameters" % (args.arch, args.input_size, trainable))
     history, _ = fit(model, train_set, val_set, meta, args, out_dir=args.out)

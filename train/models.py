@@ -38,13 +38,14 @@ def _check_arch(arch):
         raise ValueError("unknown architecture %r; choose one of %s" % (arch, ", ".join(ARCHS)))
 
 
-def build_model(arch, num_classes, weights="none"):
+def build_model(arch, num_classes, weights="none", classes=None):
     """Create ``arch`` with a ``num_classes`` head.
 
     ``weights``: ``imagenet`` (through torchvision's/timm's own loading, offline from the
     torch hub cache that ``make weights`` fills), ``none``, or a path to a state dict or a
-    checkpoint of this project (backbone weights are taken, the head is kept new when the
-    class count differs).
+    checkpoint of this project (backbone weights are taken; when the class count differs
+    the head is new, except that a checkpoint's rows for the classes named in ``classes``
+    are carried over, so a two-class model grows a third class without forgetting the two).
     """
     _check_arch(arch)
     source, enum_name, _, _ = ARCHS[arch]
@@ -59,7 +60,7 @@ def build_model(arch, num_classes, weights="none"):
         model = _build_timm(arch, pretrained)
         model.reset_classifier(num_classes)
     if weights not in ("imagenet", "none", None):
-        _load_backbone(model, weights)
+        _load_backbone(model, weights, classes)
     return model
 
 
@@ -77,17 +78,42 @@ def _build_timm(arch, pretrained):
     return model
 
 
-def _load_backbone(model, path):
+def _load_backbone(model, path, classes=None):
     if not os.path.isfile(path):
         raise FileNotFoundError("weights file not found: %s" % path)
     state = torch.load(path, map_location="cpu", weights_only=False)
+    source_classes = None
     if isinstance(state, dict) and "model_state" in state:
+        source_classes = (state.get("meta") or {}).get("classes")
         state = state["model_state"]
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError("%s holds no weights that fit this architecture" % path)
+    if classes and source_classes:
+        usable.update(_head_rows(state, own, list(source_classes), list(classes)))
     model.load_state_dict(usable, strict=False)
+
+
+def _head_rows(state, own, source_classes, classes):
+    """The head's weight and bias with the rows of the classes both models know copied over.
+
+    The head is recognised as the tensors whose first dimension is the class count in both
+    models (and which otherwise fit); a class only the new model has keeps its fresh
+    initialisation, so it starts unlikely next to the trained ones.
+    """
+    shared = [(classes.index(name), source_classes.index(name)) for name in classes if name in source_classes]
+    rows = {}
+    for key, theirs in state.items():
+        mine = own.get(key)
+        if (mine is None or mine.shape == theirs.shape or mine.shape[1:] != theirs.shape[1:]
+                or mine.shape[0] != len(classes) or theirs.shape[0] != len(source_classes)):
+            continue
+        merged = mine.clone()
+        for new_row, old_row in shared:
+            merged[new_row] = theirs[old_row]
+        rows[key] = merged
+    return rows
 
 
 def feature_blocks(model):

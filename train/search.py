@@ -39,7 +39,7 @@ def grid_search(train_set, meta, args, log=print):
                 cell = copy.copy(args)
                 cell.lr, cell.batch_size, cell.epochs, cell.resume = lr, batch, args.search_epochs, None
                 cell.patience = 0
-                model = build_model(args.arch, len(meta["classes"]), args.weights)
+                model = build_model(args.arch, len(meta["classes"]), args.weights, meta["classes"])
                 set_trainable(model, args.freeze)
                 _, best = fit(model, train_set.subset(train_idx, train_set.transform, weighted=True),
                               train_set.subset(val_idx, evaluation), meta, cell, out_dir=None,

@@ -72,3 +72,29 @@ def test_hard_cases_draw_where_they_should_and_are_seeded(crops):
     b = augment.hard_cases(crops[0], np.random.default_rng(7), {"occluders": 1.0, "sunglasses": 1.0})
     assert np.array_equal(a, b) and not np.array_equal(a, crops[0])
     assert augment.hard_cases(crops[0], np.random.default_rng(7), {}) is crops[0]
+
+
+def test_a_two_class_checkpoint_grows_a_third_class_without_forgetting(tmp_path):
+    from helpers import SIZE, make_checkpoint, real_faces
+    from train import checkpoint, models, transforms
+    path = make_checkpoint(str(tmp_path / "two.pt"), steps=3)
+    two, meta = checkpoint.load_model(path)
+    three = models.build_model("mobilenet_v2", 3, path, ["mask", "no_mask", "incorrect"])
+    three.eval()
+    x = torch.stack([transforms.eval_transform(rgb, meta) for rgb, _ in real_faces()[:8]])
+    assert meta["input_size"] == [SIZE, SIZE]
+    with torch.no_grad():
+        old, new = two(x), three(x)
+    # The rows of the classes both know are the trained ones; the new class starts fresh.
+    assert torch.allclose(new[:, :2], old, atol=1e-5)
+    assert not torch.allclose(new[:, 2], new[:, 0])
+    # Named, not positional: the same checkpoint behind an order that swaps the two classes.
+    swapped = models.build_model("mobilenet_v2", 3, path, ["no_mask", "incorrect", "mask"])
+    swapped.eval()
+    with torch.no_grad():
+        assert torch.allclose(swapped(x)[:, [2, 0]], old, atol=1e-5)
+    # Without class names the head stays new, as before.
+    plain = models.build_model("mobilenet_v2", 3, path)
+    plain.eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(x)[:, :2], old, atol=1e-3)
