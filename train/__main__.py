@@ -1,7 +1,8 @@
 """``python -m train``: train a mask classifier and write a checkpoint and its report.
 
-``python -m train`` alone trains the shipped default model's recipe (``train/configs/default.yaml``,
-see docs/model-card.md); flags override it, ``--config FILE`` replaces it.
+``python -m train`` alone trains the two-class model (``train/configs/default.yaml``), the first
+step of the shipped classifier's recipe (``make train``; see docs/model-card.md); flags override
+it, ``--config FILE`` replaces it.
 """
 import argparse
 import json
@@ -27,7 +28,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Train a face-mask classifier.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file whose keys are these options (flags override it); "
-                   "default: train/configs/default.yaml, the shipped model's recipe")
+                   "default: train/configs/default.yaml, the two-class first step of the shipped recipe")
     p.add_argument("--data", action="append", help="data root (class folders, SF-MASK or VOC scenes); "
                    "repeatable; replaces the config's data")
     p.add_argument("--train-data", action="append",
@@ -99,7 +100,7 @@ def get_args_parser():
 def parse_args(argv=None):
     """Flags over the YAML config over the defaults; unknown config keys are errors.
 
-    Without ``--config`` the shipped recipe (``train/configs/default.yaml``) is the config;
+    Without ``--config`` the two-class recipe (``train/configs/default.yaml``) is the config;
     ``--data`` on the command line replaces the config's data instead of adding to it.
     """
     parser = get_args_parser()
