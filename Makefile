@@ -19,7 +19,7 @@ OUT ?= out
 help:
 	@echo "make demo     run the edge service on the demo video with the shipped model"
 	@echo "make test     run the test suite"
-	@echo "make train    train the default classifier (see README: model card)"
+	@echo "make train    train the shipped classifier: two classes, then three grown from them (docs/model-card.md)"
 	@echo "make train-three-class  three classes from ImageNet, the earlier candidate (docs/model-card.md)"
 	@echo "make train-detector  fine-tune the RetinaFace face detector (train/detector)"
 	@echo "make weights  provision ImageNet weights into the torch hub cache (offline-capable)"
