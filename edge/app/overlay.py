@@ -37,35 +37,141 @@ def blur_faces(image, boxes, cells=6):
     return image
 
 
-def draw_face(image, box, label, score, track=None):
-    """A box coloured by ``label`` with "label 97%" (and the track id) above it."""
+def _overlaps(rects, others):
+    """Area each of ``rects`` (k x 4, x1 y1 x2 y2) shares with each of ``others``: k x m."""
+    rects = rects[:, None, :]
+    others = others[None, :, :]
+    width = np.minimum(rects[..., 2], others[..., 2]) - np.maximum(rects[..., 0], others[..., 0])
+    height = np.minimum(rects[..., 3], others[..., 3]) - np.maximum(rects[..., 1], others[..., 1])
+    return np.maximum(width, 0) * np.maximum(height, 0)
+
+
+def place_label(size, box, width, height, taken=(), avoid=()):
+    """Where a label of ``size`` (w, h) goes beside ``box``: its (x1, y1, x2, y2).
+
+    Tried in order: above the box from its left edge, above it to its right edge, then
+    the same two below it. The first that stays in the image and covers no other label
+    (``taken``) and no other face (``avoid``) wins; in a crowd where none is free, the
+    one that covers least (labels count double: a hidden label is lost, a covered face
+    still has its box).
+    """
+    tw, th = size
+    x1, y1, x2, y2 = box
+    candidates = []
+    for top in (y1 - th, y2):
+        for left in (x1, x2 - tw):
+            left = min(max(0, left), max(0, width - tw))
+            top = min(max(0, top), max(0, height - th))
+            candidates.append((left, top, left + tw, top + th))
+    # One pass over everything to keep off: the labels (weight 2), the faces, this face.
+    others = np.concatenate([np.asarray(taken, np.float32).reshape(-1, 4),
+                             np.asarray(avoid, np.float32).reshape(-1, 4),
+                             np.asarray([box], np.float32)])
+    weights = np.ones(len(others), np.float32)
+    weights[:len(taken)] = 2
+    cost = _overlaps(np.asarray(candidates, np.float32), others).dot(weights)
+    return candidates[int(np.argmin(cost))]
+
+
+def draw_box(image, box, label):
+    """The face's box in its class colour (thicker for faces of 40 px and more)."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = _clip_box(box, w, h)
-    colour = COLOURS.get(label, UNKNOWN)
     thick = 2 if max(x2 - x1, y2 - y1) >= 40 else 1
-    cv2.rectangle(image, (x1, y1), (x2, y2), colour, thick)
-    text = "?" if label is None else "%s %d%%" % (label, int(round(100 * score)))
-    if track is not None:
-        text = "#%d %s" % (track, text)
+    cv2.rectangle(image, (x1, y1), (x2, y2), COLOURS.get(label, UNKNOWN), thick)
+
+
+def label_text(label, score, track=None, compact=False):
+    """"#3 mask 97%"; ``compact`` drops the class name, which the colour already says."""
+    if label is None:
+        text = "?"
+    elif compact:
+        text = "%d%%" % int(round(100 * score))
+    else:
+        text = "%s %d%%" % (label, int(round(100 * score)))
+    return text if track is None else "#%d %s" % (track, text)
+
+
+def draw_label(image, box, label, score, track=None, taken=None, avoid=()):
+    """"label 97%" (and the track id) on a band of the class colour beside the box.
+
+    A face less than half as wide as its label gets the compact label (no class name),
+    so that a crowd of small faces is not buried under text. With a ``taken`` list the
+    label moves off the labels already in it and is appended (see ``place_label``).
+    """
+    h, w = image.shape[:2]
+    clipped = _clip_box(box, w, h)
     scale = 0.4
+    text = label_text(label, score, track)
     (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
-    ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(h - 1, y2 + th + 2)
-    cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + base - 1), colour, -1)
-    cv2.putText(image, text, (x1 + 1, ty - 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    if tw > 2 * (clipped[2] - clipped[0]):
+        text = label_text(label, score, track, compact=True)
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+    rect = place_label((tw + 2, th + base + 2), clipped, w, h, taken or (), avoid)
+    if taken is not None:
+        taken.append(rect)
+    cv2.rectangle(image, rect[:2], (rect[2] - 1, rect[3] - 1), COLOURS.get(label, UNKNOWN), -1)
+    cv2.putText(image, text, (rect[0] + 1, rect[1] + th + 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def hud_parts(fps, counts):
+    """The status line as (text, colour or None) parts: frames per second, faces, each
+    class with its box colour (the legend), and compliance.
+
+    ``fps`` None (a still photo) leaves the frame rate out rather than show "FPS 0.0".
+    """
+    ratio = compliance(counts)
+    parts = [] if fps is None else [("FPS %.1f" % fps, None)]
+    parts.append(("faces %d" % sum(counts.values()), None))
+    parts.extend(("%s %d" % (label, counts.get(label, 0)), COLOURS[label])
+                 for label in ("mask", "no_mask", "incorrect"))
+    parts.append(("compliance %s" % ("-" if ratio is None else "%d%%" % int(round(100 * ratio))), None))
+    return parts
+
+
+def _hud_width(parts, scale):
+    """Pixels the HUD's parts take at ``scale``: text, a swatch before each class, gaps."""
+    gap, height = cv2.getTextSize("  ", FONT, scale, 1)[0]
+    return sum(cv2.getTextSize(text, FONT, scale, 1)[0][0] + (height + 4 if colour else 0) + gap
+               for text, colour in parts) - gap
 
 
 def draw_hud(image, fps, counts):
-    """The status line: frames per second, faces, per-class counts and compliance."""
-    ratio = compliance(counts)
-    text = "FPS %.1f  faces %d  mask %d  no_mask %d  incorrect %d  compliance %s" % (
-        fps or 0.0, sum(counts.values()), counts.get("mask", 0), counts.get("no_mask", 0),
-        counts.get("incorrect", 0), "-" if ratio is None else "%d%%" % int(round(100 * ratio)))
+    """The status line (``hud_parts``) top left on a darkened band; returns the band's rect.
+
+    White text, a square of the class colour before each class's count; the text shrinks
+    to fit a narrow image (down to a still legible size).
+    """
+    parts = hud_parts(fps, counts)
     scale = max(0.45, image.shape[1] / 1600.0)
-    (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+    width = _hud_width(parts, scale)
+    if width + 12 > image.shape[1]:
+        scale = max(0.3, scale * (image.shape[1] - 12) / float(width))
+        width = _hud_width(parts, scale)
+    (gap, th), base = cv2.getTextSize("  ", FONT, scale, 1)
     # A dark band behind the text keeps it readable on any scene.
-    band = image[0:th + base + 8, 0:min(image.shape[1], tw + 12)]
+    band = image[0:th + base + 8, 0:min(image.shape[1], width + 12)]
     band[:] = (band * 0.35).astype(np.uint8)
-    cv2.putText(image, text, (6, th + 4), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    x = 6
+    for text, colour in parts:
+        if colour:
+            cv2.rectangle(image, (x, 4), (x + th, th + 4), colour, -1)
+            x += th + 4
+        cv2.putText(image, text, (x, th + 4), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        x += cv2.getTextSize(text, FONT, scale, 1)[0][0] + gap
+    return 0, 0, band.shape[1], band.shape[0]
+
+
+def draw_labels(image, faces, taken=None):
+    """Every face's label, each placed off the labels before it (and whatever ``taken``
+    holds, such as the HUD) and off the other faces; returns all the label rectangles."""
+    h, w = image.shape[:2]
+    taken = [] if taken is None else taken
+    clipped = np.array([_clip_box(face.box, w, h) for face in faces], np.float32).reshape(-1, 4)
+    for i, face in enumerate(faces):
+        draw_label(image, face.box, face.label, face.score, face.track, taken,
+                   np.delete(clipped, i, axis=0))
+    return taken
 
 
 def draw(image, faces, fps=None, counts=None, blur=False, boxes=True):
@@ -80,6 +186,8 @@ def draw(image, faces, fps=None, counts=None, blur=False, boxes=True):
         blur_faces(image, [f.box for f in faces])
     if boxes:
         for face in faces:
-            draw_face(image, face.box, face.label, face.score, face.track)
-        draw_hud(image, fps, counts if counts is not None else {})
+            draw_box(image, face.box, face.label)
+        # Labels after the boxes and the HUD, so that they can keep off both.
+        hud = draw_hud(image, fps, counts if counts is not None else {})
+        draw_labels(image, faces, [hud])
     return image

@@ -46,6 +46,63 @@ def test_boxes_are_coloured_by_class_and_the_hud_is_drawn():
     assert compliance({"mask": 3, "no_mask": 0, "incorrect": 1}) == 0.75
 
 
+def _overlapping_pairs(rects):
+    return sum(overlay._overlaps(np.array([a], np.float32), np.array([b], np.float32))[0, 0] > 0
+               for i, a in enumerate(rects) for b in rects[i + 1:])
+
+
+def _labels_above(faces):
+    """The label rectangles as they used to be: full text, above every box."""
+    rects = []
+    for face in faces:
+        x1, y1 = int(face.box[0]), int(face.box[1])
+        (tw, th), base = cv2.getTextSize(overlay.label_text(face.label, face.score, face.track),
+                                         overlay.FONT, 0.4, 1)
+        rects.append((x1, y1 - th - base - 2, x1 + tw + 2, y1))
+    return rects
+
+
+def test_labels_in_a_crowd_keep_off_each_other():
+    # A real crowded test scene (17 faces, true boxes). In the video the labels carry track
+    # ids: placed, far fewer hide each other than above every box as they used to be.
+    image, faces = real_scene("maksssksksss388")
+    rects = overlay.draw_labels(image.copy(), faces)
+    assert len(rects) == len(faces)
+    assert 5 * _overlapping_pairs(rects) <= _overlapping_pairs(_labels_above(faces))
+    # A still photo has no track ids: there is room for every label, and none is hidden.
+    for face in faces:
+        face.track = None
+    assert _overlapping_pairs(overlay.draw_labels(image.copy(), faces)) == 0
+    assert _overlapping_pairs(_labels_above(faces)) >= 10
+
+
+def test_two_faces_side_by_side_get_labels_that_do_not_collide():
+    image = np.zeros((200, 200, 3), np.uint8)
+    faces = [Face(np.array([50, 80, 90, 120], np.float32), 0.9, None, "mask", 0.97, None),
+             Face(np.array([92, 80, 132, 120], np.float32), 0.9, None, "no_mask", 0.91, None)]
+    first, second = overlay.draw_labels(image, faces)
+    assert first[3] <= 80  # the first label sits above its face
+    assert _overlapping_pairs([first, second]) == 0
+    # Each label touches its own face's column, so it reads as that face's.
+    assert first[0] < 90 and second[2] > 92
+
+
+def test_small_faces_get_the_compact_label_and_stills_no_frame_rate():
+    assert overlay.label_text("no_mask", 0.914, 3) == "#3 no_mask 91%"
+    assert overlay.label_text("no_mask", 0.914, None, compact=True) == "91%"
+    image = np.zeros((120, 300, 3), np.uint8)
+    tiny = Face(np.array([100, 60, 110, 70], np.float32), 0.9, None, "no_mask", 0.91, None)
+    (rect,) = overlay.draw_labels(image, [tiny])
+    compact = cv2.getTextSize("91%", overlay.FONT, 0.4, 1)[0][0] + 2
+    assert rect[2] - rect[0] == compact
+    counts = {"mask": 2, "no_mask": 1, "incorrect": 1}
+    still = [text for text, _ in overlay.hud_parts(None, counts)]
+    assert not any("FPS" in text for text in still) and "compliance 50%" in still
+    assert overlay.hud_parts(24.5, counts)[0][0] == "FPS 24.5"
+    # The legend: each class's count carries its box colour.
+    assert dict(overlay.hud_parts(None, counts))["incorrect 1"] == overlay.COLOURS["incorrect"]
+
+
 def test_read_only_frame_is_copied_not_written():
     image, faces = real_scene()
     image.setflags(write=False)
