@@ -50,13 +50,14 @@ def load_any(path):
 
 
 def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
-                  face_crop="trained"):
+                  face_crop="trained", non_compliant_threshold=None):
     """Metrics dict (``report.compute_metrics`` keys and ``compliance``) of ``model_path`` on ``data_root``.
 
     Faces of a class the model does not have (a worn-wrong mask for a two-class model)
     are left out of the class metrics but scored in the compliance view, where they are
     non-compliant. ``face_crop``: detector that crops whole images to their face;
     ``trained`` (default) uses what the model was trained with, ``none`` keeps whole images.
+    ``non_compliant_threshold``: the compliance view at the service's setting of that name.
     """
     model, meta = load_any(model_path)
     if face_crop == "trained":
@@ -76,7 +77,9 @@ def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, ba
     if not known.any():
         raise data.DataError("no faces of classes %s in %s (split %s)" % (meta["classes"], data_root, split))
     metrics = report.compute_metrics(labels[known], probs[known], meta["classes"])
-    metrics["compliance"] = report.compliance_metrics([s.label for s in samples], probs, meta["classes"])
+    names = [s.label for s in samples]
+    metrics["compliance"] = report.compliance_metrics(names, probs, meta["classes"], non_compliant_threshold)
+    metrics["operating_points"] = report.operating_points(names, probs, meta["classes"])
     metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=int((~known).sum()),
                    face_crop=face_crop or "none", hygiene=hygiene.summary())
     return metrics
@@ -94,13 +97,18 @@ def main(argv=None):
                         help="average each face with its mirror image (as export.onnx --tta-flip does in the graph)")
     parser.add_argument("--face-crop", default="trained", choices=("trained",) + CHOICES,
                         help="crop whole images to their detected face (trained: as the model was trained)")
+    parser.add_argument("--non-compliant-threshold", type=float, default=None, metavar="T",
+                        help="the compliance view with faces called non-compliant once 1 - P(mask) >= T "
+                             "(the service's classifier.non_compliant_threshold; default: the top class)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.non_compliant_threshold is not None and not 0.0 <= args.non_compliant_threshold <= 1.0:
+        parser.error("--non-compliant-threshold %s: need a value from 0 to 1" % args.non_compliant_threshold)
     if not os.path.isfile(args.model):
         parser.error("model not found: %s" % args.model)
     try:
         metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.tta_flip,
-                                face_crop=args.face_crop)
+                                face_crop=args.face_crop, non_compliant_threshold=args.non_compliant_threshold)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from edge.infer.faces import NON_COMPLIANT, called_non_compliant
+
 
 def compute_metrics(labels, probs, classes):
     """Accuracy, per-class precision/recall/F1, ROC AUC and the confusion matrix.
@@ -35,16 +37,17 @@ def compute_metrics(labels, probs, classes):
     }
 
 
-NON_COMPLIANT = ("no_mask", "incorrect")  # the seed's definition: no mask, or a mask worn wrong
 
 
-def compliance_metrics(names, probs, classes):
+def compliance_metrics(names, probs, classes, threshold=None):
     """The compliance view: non-compliant (no_mask or incorrect) as the positive class.
 
     ``names``: the true label of each row (any of the three, also one the model lacks:
     a two-class model's answer on a worn-wrong mask counts here); ``probs``: (N, C) in
-    ``classes`` order. A face is called non-compliant when its top class is not mask; the
-    score for the ROC is 1 - P(mask). None when the model has no mask class.
+    ``classes`` order. A face is called non-compliant as the service calls it
+    (``edge.infer.faces.called_non_compliant``: its top class is not mask, or with
+    ``threshold`` once 1 - P(mask) reaches it); the score for the ROC is 1 - P(mask).
+    None when the model has no mask class.
     """
     from sklearn.metrics import roc_auc_score
     if "mask" not in classes or not len(names):
@@ -52,7 +55,7 @@ def compliance_metrics(names, probs, classes):
     probs = np.asarray(probs, dtype=np.float64)
     truth = np.array([n in NON_COMPLIANT for n in names])
     mask = list(classes).index("mask")
-    called = probs.argmax(1) != mask
+    called = called_non_compliant(probs, classes, threshold)
     tp, fp, fn = int((called & truth).sum()), int((called & ~truth).sum()), int((~called & truth).sum())
     precision = tp / float(tp + fp) if tp + fp else 0.0
     recall = tp / float(tp + fn) if tp + fn else 0.0
@@ -63,7 +66,27 @@ def compliance_metrics(names, probs, classes):
         by_label[label] = {"n": int(rows.sum()), "called_non_compliant": int(called[rows].sum())}
     return {"n": int(len(names)), "positives": int(truth.sum()), "precision": precision, "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0, "auc": auc,
-            "by_label": by_label}
+            "by_label": by_label, "threshold": threshold}
+
+
+OPERATING_POINTS = (None, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
+def operating_points(names, probs, classes, thresholds=OPERATING_POINTS):
+    """What each setting of ``non_compliant_threshold`` would call: a list of {threshold,
+    non_compliant_caught, non_compliant, masks_called, masks} (empty without a mask class),
+    so that a site can choose its point on its own val faces."""
+    truth = np.array([n in NON_COMPLIANT for n in names])
+    masks = np.array([n == "mask" for n in names])
+    if "mask" not in classes or not len(names):
+        return []
+    points = []
+    for threshold in thresholds:
+        called = called_non_compliant(probs, classes, threshold)
+        points.append({"threshold": threshold, "non_compliant_caught": int((called & truth).sum()),
+                       "non_compliant": int(truth.sum()), "masks_called": int((called & masks).sum()),
+                       "masks": int(masks.sum())})
+    return points
 
 
 def format_metrics(m, title=""):
@@ -78,11 +101,18 @@ def format_metrics(m, title=""):
         lines.append("  %-10s %s" % (c, " ".join("%6d" % v for v in row)))
     view = m.get("compliance")
     if view:
-        lines.append("  compliance (non-compliant = no_mask or incorrect): n=%d positives=%d precision=%.4f "
-                     "recall=%.4f f1=%.4f auc=%s" % (view["n"], view["positives"], view["precision"], view["recall"],
-                                                     view["f1"], "n/a" if view["auc"] is None else "%.4f" % view["auc"]))
+        point = "" if view.get("threshold") is None else " at 1 - P(mask) >= %g" % view["threshold"]
+        lines.append("  compliance (non-compliant = no_mask or incorrect%s): n=%d positives=%d precision=%.4f "
+                     "recall=%.4f f1=%.4f auc=%s" % (point, view["n"], view["positives"], view["precision"],
+                                                     view["recall"], view["f1"],
+                                                     "n/a" if view["auc"] is None else "%.4f" % view["auc"]))
         lines.append("  called non-compliant, by true label: %s" % ", ".join(
             "%s %d/%d" % (label, v["called_non_compliant"], v["n"]) for label, v in sorted(view["by_label"].items())))
+    if m.get("operating_points"):
+        lines.append("  non_compliant_threshold: non-compliant caught, masks called non-compliant")
+        lines.extend("    %-9s %d/%d, %d/%d" % ("top class" if p["threshold"] is None else p["threshold"],
+                                               p["non_compliant_caught"], p["non_compliant"], p["masks_called"],
+                                               p["masks"]) for p in m["operating_points"])
     return "\n".join(lines)
 
 

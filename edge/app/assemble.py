@@ -50,7 +50,7 @@ def build_analyzer(config, timer=None):
                                  engine_cache=clf["engine_cache"], verify_images=faces,
                                  log=log.info)
     return FaceAnalyzer(detector, classifier, max_batch=1 if config["baseline"] else clf["max_batch"],
-                        timer=timer)
+                        timer=timer, non_compliant_threshold=clf["non_compliant_threshold"])
 
 
 def build_pipeline(config, analyzer, sinks=(), events=None, health=None, saver=None, ops=None,

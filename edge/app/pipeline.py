@@ -85,7 +85,7 @@ class Pipeline(object):
                 probs = self.analyzer.classify(image, [t.box for t in due], batch)
                 for track, p in zip(due, probs):
                     if p is not None:
-                        track.add_probs(p, self.analyzer.classes, n)
+                        track.add_probs(p, self.analyzer.classes, n, self.analyzer.non_compliant_threshold)
                         if self.saver is not None:
                             self.saver.save(image, self._face(track), n if index is None else index)
         else:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from edge.infer.classify.base import DEFAULT_MAX_BATCH
-from edge.infer.faces import Face
+from edge.infer.faces import Face, decide
 from edge.infer.preprocess import crops_to_batch
 
 STAGES = ("capture", "detect", "preprocess", "classify", "track", "draw", "write", "ops")
@@ -91,10 +91,13 @@ class FaceAnalyzer(object):
 
     detector: ``edge.infer.detect`` Detector; classifier: ``edge.infer.classify.base.Classifier``;
     max_batch: largest batch per ``predict`` call (1 = one face at a time; None: the classifier's).
+    non_compliant_threshold: the labels' operating point (``edge.infer.faces.decide``;
+    None: the top class).
     """
 
-    def __init__(self, detector, classifier, max_batch=None, timer=None):
+    def __init__(self, detector, classifier, max_batch=None, timer=None, non_compliant_threshold=None):
         self.detector, self.classifier = detector, classifier
+        self.non_compliant_threshold = non_compliant_threshold
         sizes = [b for b in (max_batch, getattr(classifier, "max_batch", None)) if b]
         self.max_batch = min(sizes) if sizes else DEFAULT_MAX_BATCH
         self.classes = list(classifier.classes)
@@ -136,9 +139,8 @@ class FaceAnalyzer(object):
         return results
 
     def label(self, probs):
-        """(label, score) of one probability vector."""
-        best = int(np.argmax(probs))
-        return self.classes[best], float(probs[best])
+        """(label, score) of one probability vector, at ``non_compliant_threshold``."""
+        return decide(probs, self.classes, self.non_compliant_threshold)
 
     def analyze(self, image, max_batch=None):
         """Every face of one frame, detected and classified: a list of ``Face`` (no track)."""

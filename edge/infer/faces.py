@@ -5,6 +5,8 @@ probabilities, the (voted) label and, under tracking, the track id. Compliance i
 here once: a face wearing its mask correctly (``mask``) is compliant; ``no_mask`` and
 ``incorrect`` are not.
 """
+import numpy as np
+
 from edge.infer.model_meta import CLASS_NAMES
 
 COMPLIANT = ("mask",)
@@ -14,6 +16,43 @@ NON_COMPLIANT = ("no_mask", "incorrect")
 def is_compliant(label):
     """True for a mask worn correctly, False for no mask or a mask worn wrong, None when unclassified."""
     return None if label is None else label in COMPLIANT
+
+
+def called_non_compliant(probs, classes, threshold=None):
+    """Whether each row of ``probs`` (N x C in ``classes`` order, or one vector) is called
+    non-compliant.
+
+    Without ``threshold``: when its most probable class is not ``mask``. With one (the
+    operating point of a site that would rather flag than miss, or the reverse): when the
+    non-compliant classes together, 1 - P(mask), reach it. For a model without a ``mask``
+    class the top class decides (the threshold does not apply).
+    """
+    probs = np.asarray(probs, np.float64)
+    classes = list(classes)
+    if "mask" not in classes:
+        return np.isin(np.asarray(classes)[probs.argmax(-1)], NON_COMPLIANT)
+    mask = classes.index("mask")
+    if threshold is None:
+        return probs.argmax(-1) != mask
+    return 1.0 - probs[..., mask] >= threshold
+
+
+def decide(probs, classes, threshold=None):
+    """(label, score) of one probability vector: its top class, or with ``threshold`` the
+    top non-compliant class once ``called_non_compliant`` says so (else ``mask``). The
+    score is the label's own probability."""
+    probs = np.asarray(probs, np.float64)
+    if threshold is not None and "mask" in classes:
+        mask = list(classes).index("mask")
+        if called_non_compliant(probs, classes, threshold):
+            rest = probs.copy()
+            rest[mask] = -1.0
+            best = int(np.argmax(rest))
+        else:
+            best = mask
+    else:
+        best = int(np.argmax(probs))
+    return classes[best], float(probs[best])
 
 
 class Face(object):

@@ -11,6 +11,8 @@ import collections
 
 import numpy as np
 
+from edge.infer.faces import decide
+
 
 def iou_matrix(a, b):
     """Pairwise IoU of xyxy boxes ``a`` (N x 4) and ``b`` (M x 4) -> N x M float32."""
@@ -64,14 +66,14 @@ class Track(object):
         """True for a track never classified, or classified ``every`` frames ago or more."""
         return self.last_classified is None or frame - self.last_classified >= every
 
-    def add_probs(self, probs, classes, frame):
-        """Record a classification and update the voted label (mean of the recent vectors)."""
+    def add_probs(self, probs, classes, frame, non_compliant_threshold=None):
+        """Record a classification and update the voted label: the mean of the recent
+        vectors, labelled at ``non_compliant_threshold`` (``edge.infer.faces.decide``)."""
         self.history.append(np.asarray(probs, np.float32))
         self.last_classified = frame
         self.classified += 1
         self.probs = np.mean(self.history, axis=0)
-        best = int(np.argmax(self.probs))
-        self.label, self.score = classes[best], float(self.probs[best])
+        self.label, self.score = decide(self.probs, classes, non_compliant_threshold)
 
 
 class Tracker(object):

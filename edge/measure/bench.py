@@ -106,7 +106,8 @@ def measure(config, analyzer=None, warmup=10, outputs=(), should_stop=None):
     timer = StageTimer()
     if analyzer is not None:
         analyzer = FaceAnalyzer(analyzer.detector, analyzer.classifier, timer=timer,
-                                max_batch=1 if config["baseline"] else config["classifier"]["max_batch"])
+                                max_batch=1 if config["baseline"] else config["classifier"]["max_batch"],
+                                non_compliant_threshold=config["classifier"]["non_compliant_threshold"])
     with VideoRun(config, outputs=outputs, analyzer=analyzer, timer=timer,
                   health=bool(config["health"]["http"]), should_stop=should_stop) as video:
         analyzer, pipeline = video.analyzer, video.pipeline

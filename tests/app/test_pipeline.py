@@ -109,6 +109,33 @@ def test_pipeline_writes_video_and_events(analyzer_factory, frames, tmp_path):
     assert decoded == 30
 
 
+def test_non_compliant_threshold_flags_more_faces_in_photos_and_the_video(analyzer_factory, frames, tmp_path):
+    # The same real frames at the top class and at a low threshold: the labels of still
+    # photos (analyze) and of the video's tracks (the pipeline's vote) both follow it.
+    top, low = analyzer_factory(), analyzer_factory(**{"classifier.non_compliant_threshold": 0.05})
+    assert top.non_compliant_threshold is None and low.non_compliant_threshold == 0.05
+
+    def non_compliant(faces):
+        return sum(f.label != "mask" for f in faces if f.label is not None)
+
+    images = [f.image for f in frames[::10]]
+    flagged_top = sum(non_compliant(top.analyze(image)) for image in images)
+    flagged_low = sum(non_compliant(low.analyze(image)) for image in images)
+    assert flagged_low > flagged_top
+    for face in low.analyze(images[0]):
+        assert (face.label != "mask") == (1 - face.probs[low.classes.index("mask")] >= 0.05)
+
+    def video_labels(analyzer):
+        events_path = str(tmp_path / ("events_%s.jsonl" % analyzer.non_compliant_threshold))
+        pipeline = build_pipeline(cfg.load(), analyzer, events=EventWriter(events_path))
+        pl.run(pipeline, ListSource(frames))
+        pipeline.close()
+        return [f["compliant"] for line in open(events_path) for f in json.loads(line)["faces"]]
+
+    at_top, at_low = video_labels(top), video_labels(low)
+    assert len(at_top) == len(at_low) and at_low.count(False) > at_top.count(False)
+
+
 def test_scene_cut_detects_at_once_with_new_tracks(analyzer_factory, frames, tmp_path):
     # The video holds each scene for 10 frames: cuts at frames 10 and 20.
     config = cfg.load(overrides={"detector.every": 100})

@@ -1,6 +1,7 @@
 """The IoU tracker: identities across frames, voting, classification interval."""
 import numpy as np
 
+from edge.infer.faces import called_non_compliant, decide
 from edge.infer.track import Tracker, greedy_match, iou_matrix
 
 CLASSES = ["mask", "no_mask"]
@@ -87,3 +88,23 @@ def test_new_track_classified_at_once_then_at_the_interval():
                 track.add_probs([0.9, 0.1], CLASSES, frame)
     assert classified[1] == [0, 4, 8]
     assert classified[4] == [6]  # the face that appeared at frame 6, at once
+
+
+def test_non_compliant_threshold_sets_the_operating_point():
+    classes = ["mask", "no_mask", "incorrect"]
+    probs = [0.6, 0.15, 0.25]  # mask on top, yet 40 % non-compliant
+    assert decide(probs, classes) == ("mask", 0.6)
+    assert decide(probs, classes, 0.5) == ("mask", 0.6)
+    label, score = decide(probs, classes, 0.4)
+    assert label == "incorrect" and abs(score - 0.25) < 1e-9  # the likelier non-compliant class
+    # Several faces at once, as the evaluators call it; a model without `mask`: its top class.
+    rows = np.array([[0.9, 0.05, 0.05], [0.55, 0.45, 0.0], [0.2, 0.8, 0.0]])
+    assert called_non_compliant(rows, classes).tolist() == [False, False, True]
+    assert called_non_compliant(rows, classes, 0.3).tolist() == [False, True, True]
+    assert called_non_compliant([[0.7, 0.3]], ["no_mask", "incorrect"], 0.9).tolist() == [True]
+    # A track votes first, then decides at the threshold.
+    track = Tracker(vote=2).update(boxes_at(0), np.ones(3))[0]
+    track.add_probs([0.7, 0.3, 0.0], classes, 0, 0.35)
+    assert track.label == "mask"
+    track.add_probs([0.5, 0.5, 0.0], classes, 1, 0.35)  # mean 0.6 / 0.4
+    assert track.label == "no_mask" and abs(track.score - 0.4) < 1e-6

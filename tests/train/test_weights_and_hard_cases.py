@@ -41,6 +41,11 @@ def test_compliance_view_counts_a_worn_wrong_mask_against_compliance():
     assert view["by_label"]["incorrect"] == {"n": 2, "called_non_compliant": 1}
     assert view["auc"] == pytest.approx(5 / 6.0)  # of the 6 (non-compliant, mask) pairs, 5 ordered right
     assert report.compliance_metrics(names, probs[:, ::-1], ["no_mask", "incorrect"]) is None
+    # At a threshold the view counts what the service would call: 1 - P(mask) >= 0.25.
+    low = report.compliance_metrics(names, probs, classes, threshold=0.25)
+    assert low["recall"] == 1.0 and low["by_label"]["mask"]["called_non_compliant"] == 1
+    points = report.operating_points(names, probs, classes, thresholds=(None, 0.25, 0.05))
+    assert [(p["non_compliant_caught"], p["masks_called"]) for p in points] == [(2, 1), (3, 1), (3, 2)]
 
 
 @pytest.fixture(scope="module")
