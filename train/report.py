@@ -37,8 +37,6 @@ def compute_metrics(labels, probs, classes):
     }
 
 
-
-
 def compliance_metrics(names, probs, classes, threshold=None):
     """The compliance view: non-compliant (no_mask or incorrect) as the positive class.
 
@@ -76,10 +74,10 @@ def operating_points(names, probs, classes, thresholds=OPERATING_POINTS):
     """What each setting of ``non_compliant_threshold`` would call: a list of {threshold,
     non_compliant_caught, non_compliant, masks_called, masks} (empty without a mask class),
     so that a site can choose its point on its own val faces."""
-    truth = np.array([n in NON_COMPLIANT for n in names])
-    masks = np.array([n == "mask" for n in names])
     if "mask" not in classes or not len(names):
         return []
+    truth = np.array([n in NON_COMPLIANT for n in names])
+    masks = np.array([n == "mask" for n in names])
     points = []
     for threshold in thresholds:
         called = called_non_compliant(probs, classes, threshold)

@@ -42,16 +42,13 @@ def decide(probs, classes, threshold=None):
     top non-compliant class once ``called_non_compliant`` says so (else ``mask``). The
     score is the label's own probability."""
     probs = np.asarray(probs, np.float64)
+    best = int(np.argmax(probs))
     if threshold is not None and "mask" in classes:
         mask = list(classes).index("mask")
         if called_non_compliant(probs, classes, threshold):
-            rest = probs.copy()
-            rest[mask] = -1.0
-            best = int(np.argmax(rest))
+            best = max((i for i in range(len(classes)) if i != mask), key=lambda i: probs[i])
         else:
             best = mask
-    else:
-        best = int(np.argmax(probs))
     return classes[best], float(probs[best])
 
 
