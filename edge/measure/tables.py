@@ -28,6 +28,11 @@ def pct(value):
     return "-" if value is None else "%.1f%%" % (100.0 * value)
 
 
+def _target_value(key, value):
+    """A target's number as people read it: recalls in per cent, APs and rates as decimals."""
+    return pct(value) if key.startswith("recall") else _cell(value)
+
+
 def _iou(result):
     """The matching thresholds as short text: ('.5', '.3')."""
     thresholds = result.get("iou") or {"main": 0.5, "loose": 0.3}
@@ -64,7 +69,8 @@ def evaluation_text(result):
     out.append("\nconfusion on faces matched at IoU %s (rows: truth, columns: service label):\n" % iou)
     out.append(table(["truth \\ label"] + columns, rows))
     out.append("\ntargets: " + "; ".join(
-        "%s %s (goal %s) %s" % (k, pct(t["value"]), pct(t["goal"]), "met" if t["met"] else "NOT met")
+        "%s %s (goal %s %s) %s" % (k, _target_value(k, t["value"]), ">=" if t["kind"] == "min" else "<=",
+                                   _target_value(k, t["goal"]), "met" if t["met"] else "NOT met")
         for k, t in result["targets"].items()) + "\n")
     if result.get("misses_png"):
         out.append("worst misses: %s\n" % result["misses_png"])

@@ -213,6 +213,8 @@ def test_evaluate_real_test_scenes_end_to_end(capsys, tmp_path, model_path):
                                "--misses", sheet])
     for key in ("recall", "ap", "map", "fp_per_image", "n_images", "n_faces", "confusion", "targets"):
         assert key in result
+    assert result["targets"]["face_ap"]["value"] == result["face_ap"]
+    assert result["targets"]["fp_per_image"]["value"] == result["fp_per_image"]
     expected = truth.read_voc(root, "test")[:4]
     assert result["n_images"] == 4
     assert result["n_faces"] == sum(len(s.labels) for s in expected)
@@ -275,3 +277,20 @@ def test_face_ap_ignores_labels():
     probs = [np.array([0.95, 0.05], np.float32), np.array([0.7, 0.3], np.float32)]
     result, _ = score(gt, ["mask", "no_mask"], gt, [0.6, 0.99], ["mask", "mask"], probs)
     assert result["face_ap"] == 1.0 and result["map"] == 0.25
+
+
+def _scored(face_ap, map_, recall, under32, fp):
+    return {"face_ap": face_ap, "map": map_, "fp_per_image": fp,
+            "recall": {"all": {"main": recall, "by_size": {"<32": {"main": under32}}}}}
+
+
+def test_targets_are_the_issues_and_false_positives_are_a_ceiling():
+    checked = evaluate.check_targets(_scored(0.94, 0.85, 0.95, 0.80, 1.2))
+    assert {k: t["met"] for k, t in checked.items()} == {
+        "face_ap": True, "map": False, "recall_all": True, "recall_under32": False, "fp_per_image": False}
+    assert evaluate.check_targets(_scored(0.5, 0.5, 0.5, 0.5, 1.0))["fp_per_image"]["met"]
+    # A video is held to its own mAP goal (0.88), nothing else.
+    video = evaluate.check_targets(_scored(0.5, 0.89, 0.5, None, 3.0), evaluate.VIDEO_TARGETS)
+    assert list(video) == ["map"] and video["map"]["met"] and video["map"]["goal"] == 0.88
+    # A measure with no faces to score (None) is never met.
+    assert not evaluate.check_targets(_scored(0.95, 0.95, 0.95, None, 0.1))["recall_under32"]["met"]
