@@ -1,7 +1,8 @@
 """Leave one source out: how the classifier holds on faces from a source it has never seen.
 
     .venv/bin/python bench/source_study.py --out runs/loso [--data ../shared/data]
-        [--synthetic runs/maskwear] [--sources kaggle853,fmd,moxa3k,bijoy_webcam] -- TRAIN FLAGS
+        [--synthetic runs/maskwear] [--sources kaggle853,fmd,moxa3k,bijoy_webcam]
+        [--start train/configs/default.yaml] -- TRAIN FLAGS
 
 For each source S it trains ``python -m train`` (with the flags after ``--``) on every other
 source, then scores the best checkpoint on S with ``python -m train.evaluate``: S's test
@@ -18,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+
+import yaml
 
 SOURCES = ("kaggle853", "fmd", "moxa3k", "bijoy_webcam")
 TRAIN_ONLY = ("bijoy_webcam",)
@@ -54,6 +57,22 @@ def run(cmd, log):
             raise SystemExit("failed: %s (see %s)" % (" ".join(cmd), log))
 
 
+def trained_start(config, held_out, args):
+    """The first step of a two-step recipe trained without ``held_out``; its best checkpoint."""
+    with open(config) as f:
+        data = (yaml.safe_load(f) or {}).get("data") or []
+    kept = [d for d in data if os.path.basename(os.path.normpath(d)) != held_out]
+    out = os.path.join(args.out, "start_all" if len(kept) == len(data) else "start_without_%s" % held_out)
+    if not kept:
+        raise SystemExit("%s trains on %s alone: nothing is left without it" % (config, held_out))
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        cmd = [sys.executable, "-m", "train", "--config", config, "--out", out, "--no-export"]
+        for folder in kept:
+            cmd += ["--data", os.path.join(args.data, os.path.basename(os.path.normpath(folder)))]
+        run(cmd, out + ".log")
+    return os.path.join(out, "best.pt")
+
+
 def train_and_score(name, sources, held_out, args, train_flags):
     """Train on ``sources`` (minus train-only ones handled apart), score on ``held_out``; the scores."""
     out = os.path.join(args.out, name)
@@ -62,6 +81,8 @@ def train_and_score(name, sources, held_out, args, train_flags):
     for source in sources:
         flag = "--train-data" if source in TRAIN_ONLY else "--data"
         cmd += [flag, os.path.join(args.data, source)]
+    if args.start:
+        cmd += ["--weights", trained_start(args.start, held_out, args)]
     if args.synthetic:
         synthetic = args.synthetic if held_out is None else filtered_synthetic(args.synthetic, held_out, args.out)
         cmd += ["--train-data", synthetic]
@@ -103,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--synthetic", help="a synthesized set (python -m train.maskwear), train-only")
     parser.add_argument("--sources", default=",".join(SOURCES))
     parser.add_argument("--with-all", action="store_true", help="also train on every source (in-source scores)")
+    parser.add_argument("--start", metavar="CONFIG", help="a first step (train config) trained per fold without "
+                        "the held-out source; its checkpoint is the second step's --weights")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sources = [s for s in args.sources.split(",") if s]
