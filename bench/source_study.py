@@ -107,11 +107,14 @@ def train_and_score(name, sources, held_out, args, train_flags):
 
 
 def _cell(m):
-    """accuracy / compliance recall (n) of one evaluation."""
+    """accuracy / non-compliant recall / masks called non-compliant (n) of one evaluation."""
     if not m:
         return "-"
     view = m.get("compliance") or {}
-    return "%.2f %% / %.2f %% (n %d)" % (100 * m["accuracy"], 100 * view.get("recall", float("nan")), m["n"])
+    masks = (view.get("by_label") or {}).get("mask") or {}
+    flagged = "%d of %d" % (masks["called_non_compliant"], masks["n"]) if masks.get("n") else "-"
+    return "%.2f %% / %.2f %% / %s (n %d)" % (100 * m["accuracy"], 100 * view.get("recall", float("nan")),
+                                              flagged, m["n"])
 
 
 def main(argv=None):
@@ -129,7 +132,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sources = [s for s in args.sources.split(",") if s]
-    rows = ["| held-out source | scored on | accuracy / compliance recall, held out | in-source (all sources) |",
+    rows = ["| held-out source | scored on | held out: accuracy / non-compliant recall / masks called non-compliant "
+            "| in-source (all sources) |",
             "|---|---|---|---|"]
     everything = train_and_score("all", SOURCES, None, args, train_flags) if args.with_all else {}
     for held_out in sources:
