@@ -62,9 +62,9 @@ def trained_start(config, held_out, args):
     with open(config) as f:
         data = (yaml.safe_load(f) or {}).get("data") or []
     kept = [d for d in data if os.path.basename(os.path.normpath(d)) != held_out]
-    out = os.path.join(args.out, "start_all" if len(kept) == len(data) else "start_without_%s" % held_out)
     if not kept:
         raise SystemExit("%s trains on %s alone: nothing is left without it" % (config, held_out))
+    out = os.path.join(args.out, "start_all" if len(kept) == len(data) else "start_without_%s" % held_out)
     if not os.path.isfile(os.path.join(out, "metrics.json")):
         cmd = [sys.executable, "-m", "train", "--config", config, "--out", out, "--no-export"]
         for folder in kept:
