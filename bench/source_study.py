@@ -60,15 +60,15 @@ def run(cmd, log):
 def trained_start(config, held_out, args):
     """The first step of a two-step recipe trained without ``held_out``; its best checkpoint."""
     with open(config) as f:
-        data = (yaml.safe_load(f) or {}).get("data") or []
-    kept = [d for d in data if os.path.basename(os.path.normpath(d)) != held_out]
+        sources = [os.path.basename(os.path.normpath(d)) for d in (yaml.safe_load(f) or {}).get("data") or []]
+    kept = [s for s in sources if s != held_out]
     if not kept:
         raise SystemExit("%s trains on %s alone: nothing is left without it" % (config, held_out))
-    out = os.path.join(args.out, "start_all" if len(kept) == len(data) else "start_without_%s" % held_out)
+    out = os.path.join(args.out, "start_all" if len(kept) == len(sources) else "start_without_%s" % held_out)
     if not os.path.isfile(os.path.join(out, "metrics.json")):
         cmd = [sys.executable, "-m", "train", "--config", config, "--out", out, "--no-export"]
-        for folder in kept:
-            cmd += ["--data", os.path.join(args.data, os.path.basename(os.path.normpath(folder)))]
+        for source in kept:
+            cmd += ["--data", os.path.join(args.data, source)]
         run(cmd, out + ".log")
     return os.path.join(out, "best.pt")
 
