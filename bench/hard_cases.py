@@ -1,13 +1,15 @@
 """What each hard case does to a classifier: the same test faces, clean and with an occluder
-before the mouth, sunglasses or blur drawn on them (train/augment.py, seeded).
+before the mouth, sunglasses or blur drawn on them (train/augment.py), or shrunk to a
+12-32 px face and back (train/transforms.py's low resolution); seeded per face.
 
     .venv/bin/python bench/hard_cases.py MODEL.pt|MODEL.onnx [MODEL2 ...] [--data ../shared/data/kaggle853]
         [--split test] [--json]
 
 For every model and case: accuracy over the classes the model has, and the compliance view
 (recall of non-compliant faces; how many bare faces were called masked, the two-class
-model's typical mistake). A model trained with a hard case should lose little when it is
-drawn; one trained without it shows what the case costs.
+model's typical mistake; how many masks were called non-compliant, a false alarm). A model
+trained with a hard case should lose little when it is drawn; one trained without it shows
+what the case costs.
 """
 import argparse
 import json
@@ -22,9 +24,16 @@ from train import data, report  # noqa: E402
 from train.augment import HARD_CASES  # noqa: E402
 from train.engine import FaceDataset  # noqa: E402
 from train.evaluate import load_any  # noqa: E402
-from train.transforms import normalize  # noqa: E402
+from train.transforms import degrade_resolution, normalize  # noqa: E402
 
-CASES = ("clean",) + tuple(name for name, _ in HARD_CASES)
+
+def lowres(crop, rng):
+    """The training's low-resolution case: a 12-32 px face (the side drawn as in training)."""
+    return degrade_resolution(crop, int(rng.integers(12, 33)))
+
+
+DRAWN = HARD_CASES + (("lowres", lowres),)
+CASES = ("clean",) + tuple(name for name, _ in DRAWN)
 
 
 def faces(root, split, meta, min_size=8):
@@ -37,7 +46,7 @@ def faces(root, split, meta, min_size=8):
 
 def score(model, meta, crops, labels, case, seed=0):
     """Metrics of ``model`` on ``crops`` with ``case`` drawn on each (one rng per face, seeded)."""
-    draw = dict(HARD_CASES).get(case)
+    draw = dict(DRAWN).get(case)
     batch = []
     for i, crop in enumerate(crops):
         if draw is not None:  # drawn on the crop the model sees, as in training
@@ -62,19 +71,22 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = {}
-    print("| model | case | accuracy | non-compliant recall | bare faces called masked |")
-    print("|---|---|---|---|---|")
+    print("| model | case | accuracy | non-compliant recall | bare faces called masked | masks called non-compliant |")
+    print("|---|---|---|---|---|---|")
     for path in args.models:
         model, meta = load_any(path)
         model.eval()
         crops, labels = faces(args.data, args.split, meta)
         for case in CASES:
             m = score(model, meta, crops, labels, case)
-            view = m["compliance"]["by_label"].get("no_mask", {"n": 0, "called_non_compliant": 0})
+            by_label = m["compliance"]["by_label"]
+            bare = by_label.get("no_mask", {"n": 0, "called_non_compliant": 0})
+            masked = by_label.get("mask", {"n": 0, "called_non_compliant": 0})
             results["%s %s" % (path, case)] = m
-            print("| %s | %s | %.2f %% | %.2f %% | %d / %d |" % (
+            print("| %s | %s | %.2f %% | %.2f %% | %d / %d | %d / %d |" % (
                 os.path.basename(os.path.dirname(path)) or path, case, 100 * m["accuracy"],
-                100 * m["compliance"]["recall"], view["n"] - view["called_non_compliant"], view["n"]))
+                100 * m["compliance"]["recall"], bare["n"] - bare["called_non_compliant"], bare["n"],
+                masked["called_non_compliant"], masked["n"]))
             sys.stdout.flush()
     if args.json:
         print(json.dumps(results))

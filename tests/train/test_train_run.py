@@ -187,6 +187,14 @@ def test_seed_study_summarises_real_runs(trained, tmp_path):
         seed_study.table([seed_study.parse_recipe("r=%s,%s" % (trained, tmp_path / "seed1"))])
     with pytest.raises(SystemExit, match="no run folder matches"):
         seed_study.parse_recipe("r=%s" % (tmp_path / "nowhere"))
+    # --flip reads the *_flip sets, which a run without the test-time flip does not have.
+    with pytest.raises(SystemExit, match="no test-time-flip scores"):
+        seed_study.table([seed_study.parse_recipe("r=%s" % trained)], flip=True)
+    # The compliance columns: counts by true label, n/a for a class the run never saw.
+    scored = {"compliance": {"recall": 0.9, "by_label": {"mask": {"n": 50, "called_non_compliant": 3}}}}
+    assert seed_study._value(scored, "masks_flagged") == 3
+    assert seed_study._value(scored, "non_compliant_recall") == 0.9
+    assert np.isnan(seed_study._value(scored, "worn_wrong_caught"))
 
 
 def test_no_config_is_the_shipped_recipe_and_data_replaces_it(tmp_path):

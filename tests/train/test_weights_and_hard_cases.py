@@ -79,6 +79,18 @@ def test_hard_cases_draw_where_they_should_and_are_seeded(crops):
     assert augment.hard_cases(crops[0], np.random.default_rng(7), {}) is crops[0]
 
 
+def test_the_hard_case_bench_draws_every_training_case_seeded(crops):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import hard_cases
+    # Every case the training draws, low resolution included, is measured by the bench.
+    assert hard_cases.CASES == ("clean", "occluders", "sunglasses", "blur", "lowres")
+    small, again = (hard_cases.lowres(crops[0], np.random.default_rng(3)) for _ in range(2))
+    assert small.shape == crops[0].shape and np.array_equal(small, again)
+    sharpness = lambda image: np.abs(np.diff(image.astype(float), axis=1)).mean()  # noqa: E731
+    assert sharpness(small) < 0.9 * sharpness(crops[0])  # a 12-32 px face has lost its detail
+
+
 def test_a_two_class_checkpoint_grows_a_third_class_without_forgetting(tmp_path):
     from helpers import SIZE, make_checkpoint, real_faces
     from train import checkpoint, models, transforms
