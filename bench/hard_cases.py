@@ -24,12 +24,12 @@ from train import data, report  # noqa: E402
 from train.augment import HARD_CASES  # noqa: E402
 from train.engine import FaceDataset  # noqa: E402
 from train.evaluate import load_any  # noqa: E402
-from train.transforms import degrade_resolution, normalize  # noqa: E402
+from train.transforms import LOWRES_SIDES, degrade_resolution, normalize  # noqa: E402
 
 
 def lowres(crop, rng):
-    """The training's low-resolution case: a 12-32 px face (the side drawn as in training)."""
-    return degrade_resolution(crop, int(rng.integers(12, 33)))
+    """The training's low-resolution case: a 12-32 px face (the sides training draws from)."""
+    return degrade_resolution(crop, int(rng.integers(LOWRES_SIDES[0], LOWRES_SIDES[1] + 1)))
 
 
 DRAWN = HARD_CASES + (("lowres", lowres),)

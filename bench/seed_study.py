@@ -7,8 +7,8 @@ standard deviation over its runs, for the numbers that select (val) and those th
 (kaggle853 test with its compliance view, its faces under 32 px, fmd and moxa3k test).
 
     python bench/seed_study.py "96px=runs/ema/ema_96,runs/ema/ema_96_seed?" "128px=runs/ema128/seed?"
-    python bench/seed_study.py --flip "shipped=runs/three_class_warm10,runs/three_class_warm10_seed1" \
-        "no blur=runs/ablate/without_blur"
+    python bench/seed_study.py --flip "shipped=runs/three_class_warm10" \
+        "without occluders=runs/ablate/without_occluders"
 
 Each argument is ``LABEL=GLOB[,GLOB...]``; the folders it matches are that recipe's runs.
 ``--flip`` reads the test-time-flip scores (the ``*_flip`` sets a run with ``tta_flip``

@@ -39,6 +39,10 @@ class EvalTransform:
         return self.from_boxed(letterbox(rgb, self.meta["input_size"], self.meta["mean"]))
 
 
+# The face sides (px, inclusive) the low-resolution case shrinks a crop to; the bench draws the same.
+LOWRES_SIDES = (12, 32)
+
+
 def degrade_resolution(boxed, side):
     """Shrink to ``side`` px and back: a sharp photo made to look like a 12-32 px face far away.
 
@@ -85,7 +89,7 @@ class TrainTransform:
             # Seeded from torch, so that --seed and the DataLoader's worker seeds decide it too.
             boxed = hard_cases(boxed, np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,)).item())), self.hard)
         if self.lowres and torch.rand(1).item() < self.lowres:
-            boxed = degrade_resolution(boxed, int(torch.randint(12, 33, (1,)).item()))
+            boxed = degrade_resolution(boxed, int(torch.randint(LOWRES_SIDES[0], LOWRES_SIDES[1] + 1, (1,)).item()))
         return self.pipeline(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
 
     def __call__(self, rgb):
