@@ -10,7 +10,9 @@ Progress goes to stderr, results to stdout.
 
 Comparison: ``--detector haar,ssd,retinaface`` and/or ``--model a.onnx,b.onnx`` evaluate
 every combination in one run and print a table. ``--misses sheet.png`` draws the worst
-misses (largest faces missed or mislabelled) with their boxes.
+misses (largest faces missed or mislabelled) with their boxes. ``--ignore regions.csv``
+takes detections on listed regions (faces the annotators left out) out of scoring; the
+product's targets are then not checked, since they are set on the data as annotated.
 """
 import argparse
 import collections
@@ -26,8 +28,8 @@ from edge.errors import FAILURES, ConfigError, SourceError, exit_status
 from edge.io.sources import read_image
 from edge.measure import misses as miss_sheet
 from edge.measure import tables
-from edge.measure.metrics import Evaluation
-from edge.measure.truth import find_video_truth, read_video_truth, read_voc
+from edge.measure.metrics import Evaluation, unscored
+from edge.measure.truth import find_video_truth, read_ignore_regions, read_video_truth, read_voc
 
 log = logging.getLogger("edge.evaluate")
 
@@ -60,6 +62,9 @@ def build_parser():
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--misses", metavar="PNG", help="write a contact sheet of the worst "
                         "misses (one per run, suffixed, when comparing)")
+    parser.add_argument("--ignore", metavar="CSV", help="scene sets: regions (columns image, x1, y1, x2, y2) "
+                        "where a detection is neither a hit nor a false positive: faces the annotators "
+                        "left out (targets are then not checked)")
     # Only the settings that act on accuracy: what detects, classifies and tracks.
     cfg.add_arguments(parser, sections=("detector", "classifier", "tracker"))
     return parser
@@ -84,8 +89,11 @@ def run_configs(args):
     return configs
 
 
-def evaluate_scenes(analyzer, scenes, sheet=None, progress=None, iou=0.5):
-    """Score ``analyzer`` on VOC scenes (a list of Truth); returns (Evaluation, seconds analysing)."""
+def evaluate_scenes(analyzer, scenes, sheet=None, progress=None, iou=0.5, ignore=None):
+    """Score ``analyzer`` on VOC scenes (a list of Truth); returns (Evaluation, seconds analysing).
+
+    ``ignore``: {image file name: boxes} of regions not scored (``read_ignore_regions``).
+    """
     evaluation = Evaluation(analyzer.classes, iou)
     busy = 0.0
     for n, truth in enumerate(scenes):
@@ -95,6 +103,11 @@ def evaluate_scenes(analyzer, scenes, sheet=None, progress=None, iou=0.5):
         start = time.perf_counter()
         faces = analyzer.analyze(image)
         busy += time.perf_counter() - start
+        if ignore and truth.key in ignore:
+            dropped = unscored(truth.boxes, [f.box for f in faces], [f.det_score for f in faces],
+                               ignore[truth.key], iou)
+            evaluation.ignored_detections += int(dropped.sum())
+            faces = [f for f, drop in zip(faces, dropped) if not drop]
         _score(evaluation, analyzer, truth, image, faces, sheet)
         if progress is not None:
             progress(n + 1, len(scenes))
@@ -151,15 +164,21 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
     """Evaluate one configuration; returns the JSON-ready result."""
     analyzer = build_analyzer(config)
     sheet = miss_sheet.MissSheet() if misses_path else None
+    ignore = None
     try:
         if os.path.isdir(scenes_arg):
             scenes = read_voc(scenes_arg, args.split)
             scenes = scenes[:args.limit] if args.limit else scenes
-            evaluation, busy = evaluate_scenes(analyzer, scenes, sheet, _progress, args.iou)
+            if args.ignore:
+                regions = read_ignore_regions(args.ignore)
+                ignore = {"file": args.ignore, "regions": sum(len(regions.get(s.key, ())) for s in scenes)}
+            evaluation, busy = evaluate_scenes(analyzer, scenes, sheet, _progress, args.iou,
+                                               regions if args.ignore else None)
             mode = "scenes"
         else:
-            if args.split:
-                raise ConfigError("--split applies to a VOC scene set, not to a video")
+            for flag, value in (("--split", args.split), ("--ignore", args.ignore)):
+                if value:
+                    raise ConfigError("%s applies to a VOC scene set, not to a video" % flag)
             truth_path = find_video_truth(scenes_arg)
             video, frames, _ = read_video_truth(truth_path)
             if not scenes_arg.lower().endswith(".json"):
@@ -180,7 +199,11 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
          ("classes", list(analyzer.classes)), ("input", scenes_arg), ("split", args.split),
          ("mode", mode)] + list(result.items()))
     result["ms_per_image"] = round(1000.0 * busy / max(evaluation.n_images, 1), 2)
-    result["targets"] = check_targets(result, VIDEO_TARGETS if mode.startswith("video") else TARGETS)
+    if ignore is not None:
+        result["ignore"] = ignore
+    # The targets are set on the data as annotated; with ignore regions they are not checked.
+    result["targets"] = {} if ignore else check_targets(
+        result, VIDEO_TARGETS if mode.startswith("video") else TARGETS)
     if sheet is not None:
         result["misses_png"] = sheet.write(misses_path, "%s + %s" % (
             config["detector"]["name"], os.path.basename(config["classifier"]["model"])))

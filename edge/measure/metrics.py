@@ -18,6 +18,8 @@ whose boxes follow a looser convention); the result says which (``iou``).
 - ``face_ap``: AP of the detector alone (any label, detector score): the
   ceiling a perfect classifier would bring the class APs to, which tells detector
   misses from classifier mistakes.
+- Ignore regions (optional, ``unscored``): a detection on a face the annotators left out
+  is taken out before scoring and counted in ``ignored_detections``.
 """
 import collections
 
@@ -62,6 +64,19 @@ def greedy_match(gt_boxes, det_boxes, det_scores, threshold):
     return gt_to_det, det_to_gt
 
 
+def unscored(gt_boxes, det_boxes, det_scores, ignore_boxes, threshold):
+    """Which detections an ignore region takes out of scoring: a boolean array, True for a
+    detection that matches no face at ``threshold`` but overlaps an ignore region (a face
+    the annotators left out) by IoU >= ``threshold``. Such a detection is neither a hit nor
+    a false positive, as WIDER FACE and COCO treat their ignore regions."""
+    det_boxes = np.asarray(det_boxes, np.float32).reshape(-1, 4)
+    ignore_boxes = np.asarray(ignore_boxes, np.float32).reshape(-1, 4)
+    if not len(det_boxes) or not len(ignore_boxes):
+        return np.zeros(len(det_boxes), bool)
+    _, det_to_gt = greedy_match(np.asarray(gt_boxes, np.float32).reshape(-1, 4), det_boxes, det_scores, threshold)
+    return (det_to_gt < 0) & (iou_matrix(det_boxes, ignore_boxes).max(axis=1) >= threshold)
+
+
 def average_precision(scores, true_positive, n_positive):
     """VOC all-point interpolated AP of ranked detections; None when there is no positive."""
     if n_positive <= 0:
@@ -102,6 +117,7 @@ class Evaluation(object):
             self.categories[COMPLIANCE] = NON_COMPLIANT
         self.n_images = 0
         self.n_detections = 0
+        self.ignored_detections = 0  # taken out of scoring by ignore regions (``unscored``)
         self.false_positives = 0
         # counts[(gt class, size bin, iou)] = [hits, faces]
         self.counts = collections.defaultdict(lambda: [0, 0])
@@ -208,6 +224,7 @@ class Evaluation(object):
             ("n_images", self.n_images),
             ("n_faces", n_faces),
             ("n_detections", self.n_detections),
+            ("ignored_detections", self.ignored_detections),
             ("recall", self.recall()),
             ("fp_per_image", round(self.false_positives / float(self.n_images), 4) if self.n_images else None),
             ("ap", ap),

@@ -68,10 +68,15 @@ def evaluation_text(result):
             for label, counts in result["confusion"].items()]
     out.append("\nconfusion on faces matched at IoU %s (rows: truth, columns: service label):\n" % iou)
     out.append(table(["truth \\ label"] + columns, rows))
-    out.append("\ntargets: " + "; ".join(
-        "%s %s (goal %s %s) %s" % (k, _target_value(k, t["value"]), ">=" if t["kind"] == "min" else "<=",
-                                   _target_value(k, t["goal"]), "met" if t["met"] else "NOT met")
-        for k, t in result["targets"].items()) + "\n")
+    if result.get("ignore"):
+        out.append("\nignore regions %s: %d in these scenes, %d detections not scored; targets not checked "
+                   "(they are set on the data as annotated)\n" % (
+                       result["ignore"]["file"], result["ignore"]["regions"], result["ignored_detections"]))
+    else:
+        out.append("\ntargets: " + "; ".join(
+            "%s %s (goal %s %s) %s" % (k, _target_value(k, t["value"]), ">=" if t["kind"] == "min" else "<=",
+                                       _target_value(k, t["goal"]), "met" if t["met"] else "NOT met")
+            for k, t in result["targets"].items()) + "\n")
     if result.get("misses_png"):
         out.append("worst misses: %s\n" % result["misses_png"])
     return "".join(out)
@@ -93,6 +98,11 @@ def comparison_table(results):
     iou, loose = _iou(results[0])
     head = "%d images, %d faces (%s), matched at IoU %s\n" % (results[0]["n_images"], results[0]["n_faces"],
                                                              results[0]["input"], iou)
+    if results[0].get("ignore"):
+        head += "ignore regions %s (%d in these scenes): detections on them not scored (%s)\n" % (
+            results[0]["ignore"]["file"], results[0]["ignore"]["regions"],
+            ", ".join("%s + %s: %d" % (r["detector"], os.path.basename(r["model"]), r["ignored_detections"])
+                      for r in results))
     return head + table(["detector + model", "rec@" + iou, "rec@" + loose] + ["%spx" % s for s in sizes] +
                         [">=32px", "FP/img", "AP mask", "AP no_mask", "AP incorr.", "mAP", "compl. AP",
                          "face AP", "ms/img"], rows)

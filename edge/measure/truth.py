@@ -169,6 +169,35 @@ def read_video_truth(path):
     return video, frames, size
 
 
+def read_ignore_regions(path):
+    """{image file name: float32 Nx4 xyxy boxes} from a CSV of regions not to score.
+
+    Columns ``image``, ``x1``, ``y1``, ``x2``, ``y2`` (pixels of the scene image; other
+    columns, such as a verdict or a note, are kept for people and ignored here). Such a
+    region is a face the annotators left out, or one nobody can label: a detection there
+    is neither a hit nor a false positive (``edge.measure.metrics.unscored``).
+    """
+    try:
+        with open(path) as stream:
+            rows = list(csv.DictReader(stream))
+    except (IOError, OSError) as exc:
+        raise ConfigError("cannot read ignore regions %s: %s" % (path, exc))
+    needed = ("image", "x1", "y1", "x2", "y2")
+    if rows and not set(needed) <= set(rows[0]):
+        raise ConfigError("ignore regions %s need the columns %s" % (path, ", ".join(needed)))
+    regions = {}
+    for line, row in enumerate(rows, 2):  # line 1 is the header
+        try:
+            box = [float(row[k]) for k in needed[1:]]
+        except (TypeError, ValueError):
+            raise ConfigError("ignore regions %s line %d: x1, y1, x2, y2 must be numbers" % (path, line))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ConfigError("ignore regions %s line %d: the box %s is empty (need x2 > x1, y2 > y1)"
+                              % (path, line, box))
+        regions.setdefault(row["image"], []).append(box)
+    return dict((name, np.asarray(boxes, np.float32)) for name, boxes in regions.items())
+
+
 def find_video_truth(path):
     """The truth JSON of a video: ``path`` itself when it is a .json, else ``STEM.json`` beside it."""
     if path.lower().endswith(".json"):
