@@ -169,11 +169,10 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
         if os.path.isdir(scenes_arg):
             scenes = read_voc(scenes_arg, args.split)
             scenes = scenes[:args.limit] if args.limit else scenes
-            if args.ignore:
-                regions = read_ignore_regions(args.ignore)
+            regions = read_ignore_regions(args.ignore) if args.ignore else None
+            if regions is not None:
                 ignore = {"file": args.ignore, "regions": sum(len(regions.get(s.key, ())) for s in scenes)}
-            evaluation, busy = evaluate_scenes(analyzer, scenes, sheet, _progress, args.iou,
-                                               regions if args.ignore else None)
+            evaluation, busy = evaluate_scenes(analyzer, scenes, sheet, _progress, args.iou, regions)
             mode = "scenes"
         else:
             for flag, value in (("--split", args.split), ("--ignore", args.ignore)):
