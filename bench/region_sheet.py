@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from edge.measure.misses import context_crop  # noqa: E402
 from edge.measure.truth import read_ignore_regions, read_voc  # noqa: E402
 
 TILE, CAPTION, COLUMNS = 160, 28, 8
@@ -21,21 +22,8 @@ RED, GREY = (0, 0, 255), (160, 160, 160)
 
 
 def tile(image, box, known, caption):
-    """One region with two box sizes of context (at least 64 px), scaled to TILE."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = box
-    half = max(x2 - x1, y2 - y1, 32.0) * 1.5
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = int(max(0, cx - half)), int(max(0, cy - half))
-    right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
-    scale = float(TILE) / max(right - left, bottom - top)
-    crop = cv2.resize(image[top:bottom, left:right],
-                      (max(1, int((right - left) * scale)), max(1, int((bottom - top) * scale))),
-                      interpolation=cv2.INTER_CUBIC)
-
-    def place(b):
-        return tuple(int(round((v - o) * scale)) for v, o in zip(b, (left, top, left, top)))
-
+    """One region with three box sizes of context (at least 96 px), scaled to TILE."""
+    crop, place = context_crop(image, box, 1.5, 48.0, TILE)
     for b, colour, width in [(b, GREY, 1) for b in known] + [(box, RED, 2)]:
         p = place(b)
         cv2.rectangle(crop, p[:2], p[2:], colour, width)  # drawn on the crop: clipped to it

@@ -49,25 +49,10 @@ class MissSheet(object):
             heapq.heapreplace(self._heap, item)
 
     def _tile(self, image, box, truth, det_box, text):
-        h, w = image.shape[:2]
-        x1, y1, x2, y2 = [float(v) for v in box]
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         # Two face sizes of context (at least 48 px): enough to see the head and the scene.
-        half = max(x2 - x1, y2 - y1, 24.0)
-        left, top = int(max(0, cx - half)), int(max(0, cy - half))
-        right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
-        crop = image[top:bottom, left:right]
-        if crop.size == 0:
-            crop = np.zeros((8, 8, 3), np.uint8)
-        scale = float(TILE) / max(crop.shape[:2])
-        crop = cv2.resize(crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale))),
-                          interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+        crop, place = context_crop(image, box, 1.0, 24.0, TILE)
         tile = np.zeros((TILE + CAPTION, TILE, 3), np.uint8)
         tile[:crop.shape[0], :crop.shape[1]] = crop
-
-        def place(b):
-            return tuple(int(round((v - o) * scale)) for v, o in zip(b, (left, top, left, top)))
-
         colour = overlay.COLOURS.get(truth, overlay.UNKNOWN)
         p = place(box)
         cv2.rectangle(tile, p[:2], p[2:], colour, 2)
@@ -96,6 +81,29 @@ class MissSheet(object):
         if not cv2.imwrite(path, sheet):
             raise IOError("cannot write the misses sheet to %s" % path)
         return path
+
+
+def context_crop(image, box, context, min_half, size):
+    """The region around ``box`` (half-side ``context`` x its longest side, at least
+    ``min_half`` px), clipped to the image and scaled so that its longest side is ``size``:
+    (crop, place), where ``place(box)`` maps image coordinates into the crop."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = [float(v) for v in box]
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = max(max(x2 - x1, y2 - y1) * context, min_half)
+    left, top = int(max(0, cx - half)), int(max(0, cy - half))
+    right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
+    crop = image[top:bottom, left:right]
+    if crop.size == 0:
+        crop = np.zeros((8, 8, 3), np.uint8)
+    scale = float(size) / max(crop.shape[:2])
+    crop = cv2.resize(crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale))),
+                      interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+
+    def place(b):
+        return tuple(int(round((v - o) * scale)) for v, o in zip(b, (left, top, left, top)))
+
+    return crop, place
 
 
 def _wrap(text, width):
