@@ -6,7 +6,6 @@ split, image and verdict, the annotated faces nearby in grey for comparison.
         --data ../shared/data/kaggle853 --out out/unannotated.png [--split test]
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -15,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from edge.measure.misses import context_crop  # noqa: E402
-from edge.measure.truth import read_ignore_regions, read_voc  # noqa: E402
+from edge.measure.truth import read_ignore_rows, read_voc  # noqa: E402
 
 TILE, CAPTION, COLUMNS = 160, 28, 8
 RED, GREY = (0, 0, 255), (160, 160, 160)
@@ -37,16 +36,13 @@ def tile(image, box, known, caption):
 
 def region_sheet(report, root, split=None):
     """The contact sheet (BGR array) of the report's regions in ``root``'s scenes."""
-    with open(report) as stream:
-        rows = [r for r in csv.DictReader(stream) if split is None or r.get("split") == split]
-    read_ignore_regions(report)  # the same checks as the evaluator's (columns, numbers, boxes)
+    rows = [(r, box) for r, box in read_ignore_rows(report) if split is None or r.get("split") == split]
     scenes = dict((s.key, s) for s in read_voc(root))
     tiles = []
-    for row in rows:
+    for row, box in rows:
         scene = scenes.get(row["image"])
         if scene is None:
             raise SystemExit("%s: %s is not a scene of %s" % (report, row["image"], root))
-        box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
         caption = ("%s %s" % (row.get("split", ""), os.path.splitext(row["image"])[0]),
                    "%s %dpx" % (row.get("verdict", ""), max(box[2] - box[0], box[3] - box[1])))
         tiles.append(tile(cv2.imread(scene.path), box, scene.boxes, caption))

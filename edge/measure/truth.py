@@ -172,10 +172,20 @@ def read_video_truth(path):
 def read_ignore_regions(path):
     """{image file name: float32 Nx4 xyxy boxes} from a CSV of regions not to score.
 
+    Such a region is a face the annotators left out, or one nobody can label: a detection
+    there is neither a hit nor a false positive (``edge.measure.metrics.unscored``).
+    """
+    regions = {}
+    for row, box in read_ignore_rows(path):
+        regions.setdefault(row["image"], []).append(box)
+    return dict((name, np.asarray(boxes, np.float32)) for name, boxes in regions.items())
+
+
+def read_ignore_rows(path):
+    """[(row dict, [x1, y1, x2, y2])] of an ignore-regions CSV, checked.
+
     Columns ``image``, ``x1``, ``y1``, ``x2``, ``y2`` (pixels of the scene image; other
-    columns, such as a verdict or a note, are kept for people and ignored here). Such a
-    region is a face the annotators left out, or one nobody can label: a detection there
-    is neither a hit nor a false positive (``edge.measure.metrics.unscored``).
+    columns, such as a split, a verdict or a note, are kept in the row for people).
     """
     try:
         with open(path) as stream:
@@ -185,7 +195,7 @@ def read_ignore_regions(path):
     needed = ("image", "x1", "y1", "x2", "y2")
     if rows and not set(needed) <= set(rows[0]):
         raise ConfigError("ignore regions %s need the columns %s" % (path, ", ".join(needed)))
-    regions = {}
+    checked = []
     for line, row in enumerate(rows, 2):  # line 1 is the header
         try:
             box = [float(row[k]) for k in needed[1:]]
@@ -194,8 +204,8 @@ def read_ignore_regions(path):
         if box[2] <= box[0] or box[3] <= box[1]:
             raise ConfigError("ignore regions %s line %d: the box %s is empty (need x2 > x1, y2 > y1)"
                               % (path, line, box))
-        regions.setdefault(row["image"], []).append(box)
-    return dict((name, np.asarray(boxes, np.float32)) for name, boxes in regions.items())
+        checked.append((row, box))
+    return checked
 
 
 def find_video_truth(path):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import data_path, require_detectors
+from conftest import ROOT, data_path, require_detectors
 from edge.errors import ConfigError
 from edge.infer.classify.onnx_meta import read_onnx_metadata
 from edge.measure import evaluate, metrics, truth
@@ -307,7 +307,7 @@ def test_ignore_regions_reader_and_its_errors(tmp_path):
         truth.read_ignore_regions(str(tmp_path / "absent.csv"))
 
 
-REPORT = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "data-reports", "kaggle853-unannotated-faces.csv")
+REPORT = os.path.join(ROOT, "docs", "data-reports", "kaggle853-unannotated-faces.csv")
 
 
 def test_the_report_of_unannotated_faces_names_real_scenes_of_its_split():
@@ -328,7 +328,7 @@ def test_the_report_of_unannotated_faces_names_real_scenes_of_its_split():
 def test_the_reports_picture_has_a_tile_per_region(tmp_path):
     import sys
     root = data_path("kaggle853")
-    sys.path.insert(0, os.path.join(os.path.dirname(REPORT), "..", "..", "bench"))
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from region_sheet import CAPTION, COLUMNS, TILE, region_sheet
     with open(REPORT) as stream:
         n_test = sum(r["split"] == "test" for r in csv.DictReader(stream))
