@@ -72,6 +72,9 @@ def get_args_parser():
                    help="probability of a hand, phone or sheet of paper drawn before the mouth (label kept)")
     p.add_argument("--sunglasses", type=float, default=0.0, help="probability of drawn sunglasses")
     p.add_argument("--blur", type=float, default=0.0, help="probability of defocus or motion blur")
+    p.add_argument("--framing", type=float, default=0.0,
+                   help="probability of cutting a scene face again with each side's margin drawn from "
+                        "0 to 0.35 of the box (sources and detectors frame faces differently)")
     p.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
     p.add_argument("--monitor", default="loss", choices=["loss", "accuracy", "auc"])
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=False,
@@ -149,7 +152,8 @@ def build_datasets(samples, meta, args):
     by_split = {s: [x for x in samples if x.split == s] for s in data.SPLITS}
     train_set = FaceDataset(by_split["train"], meta["classes"], meta,
                             TrainTransform(meta, random_erasing=args.random_erasing, lowres=args.lowres,
-                                           occluders=args.occluders, sunglasses=args.sunglasses, blur=args.blur),
+                                           occluders=args.occluders, sunglasses=args.sunglasses, blur=args.blur,
+                                           framing=args.framing),
                             weighted=True)
     evaluation = EvalTransform(meta)
     sets = {}

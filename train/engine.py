@@ -20,6 +20,7 @@ from tqdm import tqdm
 from edge.infer.preprocess import expand_box, letterbox
 from train import checkpoint, report
 from train.images import read_rgb
+from train.transforms import SceneContext
 
 
 class FaceDataset(Dataset):
@@ -38,6 +39,9 @@ class FaceDataset(Dataset):
         self.weights = [float(s.weight) for s in samples]
         self.meta = meta
         self.transform = transform
+        # A transform that re-frames scene faces (``TrainTransform(framing=...)``) needs
+        # their surroundings: those are cached then, and the model's crop is cut from them.
+        self.context_margin = getattr(transform, "context_margin", 0.0)
         self.weighted = weighted
         self.cache = {} if cache else None
 
@@ -51,17 +55,25 @@ class FaceDataset(Dataset):
         image is cropped and cached when the first one is asked for (decoding a street
         photo costs far more than the network does on a 96 px face).
         """
+        entry = self._entry(i)
+        if isinstance(entry, SceneContext):
+            return letterbox(entry.crop(self.meta["crop_margin"]), self.meta["input_size"], self.meta["mean"])
+        return entry
+
+    def _entry(self, i):
+        """What is cached of sample ``i``: its letterboxed crop, or its ``SceneContext`` when
+        the training transform re-frames scene faces."""
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         path = self.samples[i].path
         rgb = read_rgb(path)
         siblings = self._by_path().get(path, [i]) if self.cache is not None else [i]
         for k in siblings:
-            boxed = self._crop(rgb, self.samples[k].box)
+            entry = self._crop(rgb, self.samples[k].box)
             if self.cache is not None:
-                self.cache[k] = boxed
+                self.cache[k] = entry
             if k == i:
-                result = boxed
+                result = entry
         return result
 
     def _by_path(self):
@@ -72,6 +84,8 @@ class FaceDataset(Dataset):
         return self._paths
 
     def _crop(self, rgb, box):
+        if box is not None and self.context_margin:
+            return SceneContext.cut(rgb, box, self.context_margin)
         if box is not None:
             x1, y1, x2, y2 = expand_box(box, self.meta["crop_margin"], rgb.shape[1], rgb.shape[0])
             rgb = rgb[y1:y2, x1:x2]
@@ -79,7 +93,11 @@ class FaceDataset(Dataset):
 
     def item(self, i, transform, weighted):
         """(image, target[, weight]) of sample ``i`` through ``transform``."""
-        x = transform.from_boxed(self.boxed(i))
+        entry = self._entry(i)
+        if isinstance(entry, SceneContext) and hasattr(transform, "from_context"):
+            x = transform.from_context(entry)
+        else:
+            x = transform.from_boxed(self.boxed(i))
         return (x, self.targets[i], self.weights[i]) if weighted else (x, self.targets[i])
 
     def __getitem__(self, i):

@@ -5,12 +5,14 @@ and OpenCV, no torch), and used here as they are, so a model sees in training ex
 the device feeds it; ``tests/test_contract.py`` checks the whole path on real faces.
 Augmentation runs on the letterboxed crop, on training data only.
 """
+import collections
+
 import cv2
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from edge.infer.preprocess import letterbox, pad_colour
+from edge.infer.preprocess import expand_box, letterbox, pad_colour
 from train.augment import hard_cases
 
 
@@ -56,6 +58,38 @@ def degrade_resolution(boxed, side):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+# The crop margins that re-framing draws from, each side on its own (fractions of the face
+# box): from a box cut at the face's edge to the whole head with hair. The sources frame
+# faces differently (moxa3k's boxes are looser than kaggle853's, the deployed detector has its
+# own convention), and a model trained on one framing learns it along with the mask.
+FRAMING_MARGINS = (0.0, 0.35)
+
+
+def frame(rgb, box, margins):
+    """The crop of ``box`` (xyxy in ``rgb``) grown by ``margins`` (left, top, right, bottom)."""
+    x1, y1, x2, y2 = [float(v) for v in box]
+    w, h = x2 - x1, y2 - y1
+    left, top, right, bottom = margins
+    x1, y1 = max(0, int(round(x1 - w * left))), max(0, int(round(y1 - h * top)))
+    x2 = min(rgb.shape[1], int(round(x2 + w * right)))
+    y2 = min(rgb.shape[0], int(round(y2 + h * bottom)))
+    return rgb[y1:y2, x1:x2]
+
+
+class SceneContext(collections.namedtuple("SceneContext", "rgb box")):
+    """A scene face with its surroundings: ``rgb`` cut around ``box`` (xyxy in ``rgb``)."""
+
+    @classmethod
+    def cut(cls, scene, box, margin):
+        """The face ``box`` of ``scene`` with ``margin`` of its size kept on each side."""
+        x1, y1, x2, y2 = expand_box(box, margin, scene.shape[1], scene.shape[0])
+        return cls(scene[y1:y2, x1:x2].copy(), [box[0] - x1, box[1] - y1, box[2] - x1, box[3] - y1])
+
+    def crop(self, margin):
+        """The face with the model's margin, as ``expand_box`` cuts it from the whole scene."""
+        return frame(self.rgb, self.box, (margin,) * 4)
+
+
 class TrainTransform:
     """Augmentation as the seed specifies, then normalization; for training data only.
 
@@ -63,12 +97,17 @@ class TrainTransform:
     before the mouth, sunglasses, blur) and low resolution, then flip p=0.5, rotation 10
     degrees, colour jitter 0.2/0.2/0.2, perspective 0.1 with p=0.3, a light random affine
     (shift/scale), and optional random erasing (MixUp/CutMix act on batches, see
-    ``train.engine``).
+    ``train.engine``). With ``framing`` a scene face is first cut again, with that
+    probability, with four margins drawn from ``FRAMING_MARGINS`` (``from_context``).
     """
 
-    def __init__(self, meta, random_erasing=0.0, lowres=0.0, occluders=0.0, sunglasses=0.0, blur=0.0):
+    def __init__(self, meta, random_erasing=0.0, lowres=0.0, occluders=0.0, sunglasses=0.0, blur=0.0,
+                 framing=0.0):
         fill = list(pad_colour(meta["mean"]))
         self.lowres = lowres
+        self.framing = framing
+        # How much of a scene face's surroundings the dataset keeps for this transform.
+        self.context_margin = max(FRAMING_MARGINS[1], meta["crop_margin"]) if framing else 0.0
         self.hard = {"occluders": occluders, "sunglasses": sunglasses, "blur": blur}
         steps = [
             v2.RandomHorizontalFlip(0.5),
@@ -94,3 +133,12 @@ class TrainTransform:
 
     def __call__(self, rgb):
         return self.from_boxed(letterbox(rgb, self.meta["input_size"], self.meta["mean"]))
+
+    def from_context(self, context):
+        """Augment a ``SceneContext``: re-framed with probability ``framing``, else the model's crop."""
+        if self.framing and torch.rand(1).item() < self.framing:
+            low, high = FRAMING_MARGINS
+            crop = frame(context.rgb, context.box, (low + (high - low) * torch.rand(4)).tolist())
+        else:
+            crop = context.crop(self.meta["crop_margin"])
+        return self(crop)

@@ -115,3 +115,40 @@ def test_a_two_class_checkpoint_grows_a_third_class_without_forgetting(tmp_path)
     plain.eval()
     with torch.no_grad():
         assert not torch.allclose(plain(x)[:, :2], old, atol=1e-3)
+
+
+def test_reframing_keeps_the_models_crop_and_draws_other_framings():
+    from conftest import data_path
+    from train import data, transforms
+    from train.engine import FaceDataset
+    scenes = {"maksssksksss0.jpg", "maksssksksss1.jpg", "maksssksksss10.jpg"}
+    samples = [s for s in data.read_voc(data_path("kaggle853")) if os.path.basename(s.path) in scenes]
+    assert len(samples) >= 5
+    meta = {"input_size": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "crop_margin": 0.15}
+    classes = ["mask", "no_mask", "incorrect"]
+    reframing = transforms.TrainTransform(meta, framing=1.0)
+    plain = FaceDataset(samples, classes, meta, transforms.TrainTransform(meta))
+    with_context = FaceDataset(samples, classes, meta, reframing)
+    for i, sample in enumerate(samples):
+        # The model's crop (validation, k-fold's held-out fold) is exactly the one cut from the scene.
+        assert np.array_equal(with_context.boxed(i), plain.boxed(i))
+        context = with_context._entry(i)
+        assert isinstance(context, transforms.SceneContext)
+        x1, y1, x2, y2 = context.box
+        assert context.rgb.shape[1] >= x2 - x1 and context.rgb.shape[0] >= y2 - y1
+    # frame(): no margin is the box itself; each side's margin moves only that side.
+    context = with_context._entry(0)
+    x1, y1, x2, y2 = [int(round(v)) for v in context.box]
+    assert transforms.frame(context.rgb, context.box, (0, 0, 0, 0)).shape[:2] == (y2 - y1, x2 - x1)
+    wider = transforms.frame(context.rgb, context.box, (0, 0, 0.3, 0))
+    assert wider.shape[0] == y2 - y1 and wider.shape[1] > x2 - x1
+    # Re-framed crops differ from one draw to the next, and are seeded from torch.
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    first = [reframing.from_context(context) for _ in range(3)]
+    torch.manual_seed(0)
+    again = [reframing.from_context(context) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])
+    assert with_context[0][0].shape == (3, 64, 64)
