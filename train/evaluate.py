@@ -50,7 +50,7 @@ def load_any(path):
 
 
 def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, batch_size=64,
-                  face_crop="trained", non_compliant_threshold=None):
+                  face_crop="trained", non_compliant_threshold=None, errors_png=None):
     """Metrics dict (``report.compute_metrics`` keys and ``compliance``) of ``model_path`` on ``data_root``.
 
     Faces of a class the model does not have (a worn-wrong mask for a two-class model)
@@ -58,6 +58,7 @@ def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, ba
     non-compliant. ``face_crop``: detector that crops whole images to their face;
     ``trained`` (default) uses what the model was trained with, ``none`` keeps whole images.
     ``non_compliant_threshold``: the compliance view at the service's setting of that name.
+    ``errors_png``: draw the most confident mistakes there (``report.plot_errors``).
     """
     model, meta = load_any(model_path)
     if face_crop == "trained":
@@ -80,6 +81,13 @@ def evaluate_path(model_path, data_root, split="all", min_size=8, flip=False, ba
     names = [s.label for s in samples]
     metrics["compliance"] = report.compliance_metrics(names, probs, meta["classes"], non_compliant_threshold)
     metrics["operating_points"] = report.operating_points(names, probs, meta["classes"])
+    sides = [max(s.box[2] - s.box[0], s.box[3] - s.box[1]) if s.box is not None else None for s in samples]
+    metrics["by_face_size"] = report.by_face_size(names, probs, meta["classes"], sides, non_compliant_threshold)
+    if errors_png:
+        rows = np.nonzero(known)[0]
+        report.plot_errors(labels[rows], probs[rows], meta["classes"], lambda i: dataset.boxed(int(rows[i])),
+                           errors_png, title="%s %s" % (os.path.basename(os.path.normpath(data_root)), split),
+                           limit=48)
     metrics.update(model=model_path, data=data_root, split=split, skipped_other_classes=int((~known).sum()),
                    face_crop=face_crop or "none", hygiene=hygiene.summary())
     return metrics
@@ -100,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--non-compliant-threshold", type=float, default=None, metavar="T",
                         help="the compliance view with faces called non-compliant once 1 - P(mask) >= T "
                              "(the service's classifier.non_compliant_threshold; default: the top class)")
+    parser.add_argument("--errors", metavar="PNG", help="draw the most confident mistakes (up to 48) there")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.non_compliant_threshold is not None and not 0.0 <= args.non_compliant_threshold <= 1.0:
@@ -108,7 +117,8 @@ def main(argv=None):
         parser.error("model not found: %s" % args.model)
     try:
         metrics = evaluate_path(args.model, args.data, args.split, args.min_size, args.tta_flip,
-                                face_crop=args.face_crop, non_compliant_threshold=args.non_compliant_threshold)
+                                face_crop=args.face_crop, non_compliant_threshold=args.non_compliant_threshold,
+                                errors_png=args.errors)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2

@@ -87,6 +87,34 @@ def operating_points(names, probs, classes, thresholds=OPERATING_POINTS):
     return points
 
 
+# Face sizes (longest side of the annotated box, px) a scene set's scores are broken down by:
+# faces under 16 px are where street scenes lose most (docs/model-card.md).
+SIZE_BINS = ((0, 16, "under 16 px"), (16, 32, "16-31 px"), (32, None, "32 px and over"))
+
+
+def by_face_size(names, probs, classes, sides, threshold=None):
+    """Per size bin of ``sides`` (one per face; None for a folder crop, left out): n, accuracy
+    over the ``scored`` faces (those of the model's classes), and the compliance decision's
+    accuracy over all n (as the service calls it)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    truth = np.array([n in NON_COMPLIANT for n in names])
+    called = called_non_compliant(probs, classes, threshold) if "mask" in classes else None
+    predicted = [classes[k] for k in probs.argmax(1)]
+    bins = []
+    for low, high, name in SIZE_BINS:
+        rows = [i for i, side in enumerate(sides)
+                if side is not None and side >= low and (high is None or side < high)]
+        if not rows:
+            continue
+        known = [i for i in rows if names[i] in classes]
+        bins.append({"bin": name, "n": len(rows), "scored": len(known),
+                     "accuracy": (sum(predicted[i] == names[i] for i in known) / float(len(known))
+                                  if known else None),
+                     "compliance_accuracy": (float((called[rows] == truth[rows]).mean())
+                                             if called is not None else None)})
+    return bins
+
+
 def format_metrics(m, title=""):
     """A short human-readable block: accuracy, AUC, per-class table, confusion matrix."""
     auc = "n/a" if m["auc"] is None else "%.4f" % m["auc"]
@@ -106,6 +134,10 @@ def format_metrics(m, title=""):
                                                      "n/a" if view["auc"] is None else "%.4f" % view["auc"]))
         lines.append("  called non-compliant, by true label: %s" % ", ".join(
             "%s %d/%d" % (label, v["called_non_compliant"], v["n"]) for label, v in sorted(view["by_label"].items())))
+    if m.get("by_face_size"):
+        lines.append("  by face size (longest side): %s" % ", ".join(
+            "%s n=%d accuracy=%s" % (b["bin"], b["n"], "n/a" if b["accuracy"] is None else "%.4f" % b["accuracy"])
+            for b in m["by_face_size"]))
     if m.get("operating_points"):
         lines.append("  non_compliant_threshold: non-compliant caught, masks called non-compliant")
         lines.extend("    %-9s %d/%d, %d/%d" % ("top class" if p["threshold"] is None else p["threshold"],

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -115,13 +116,24 @@ def test_bad_checkpoint_is_named(tmp_path):
         checkpoint.load_model(str(bogus))
 
 
-def test_evaluate_json_on_scene_crops(trained, capsys):
+def test_evaluate_json_on_scene_crops(trained, tmp_path, capsys):
+    errors = str(tmp_path / "errors.png")
     assert evaluate_main(["--model", os.path.join(trained, "best.pt"), data_path("kaggle853"),
-                          "--split", "test", "--json"]) == 0
+                          "--split", "test", "--json", "--errors", errors]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("accuracy", "auc", "per_class", "confusion", "n"):
         assert key in result
     assert result["n"] > 500 and result["skipped_other_classes"] > 0  # incorrect faces
+    # Broken down by face size: every scored face in one bin, the bins' accuracies add up to the whole.
+    bins = {b["bin"]: b for b in result["by_face_size"]}
+    assert set(bins) == {"under 16 px", "16-31 px", "32 px and over"}
+    assert sum(b["n"] for b in bins.values()) == result["n"] + result["skipped_other_classes"]
+    assert sum(b["scored"] for b in bins.values()) == result["n"]
+    right = sum(b["accuracy"] * b["scored"] for b in bins.values())
+    assert right == pytest.approx(result["accuracy"] * result["n"])
+    assert all(0 <= b["compliance_accuracy"] <= 1 for b in bins.values())
+    mistakes = cv2.imread(errors)  # the two-class model's mistakes as a picture
+    assert mistakes is not None and mistakes.shape[0] > 200
 
 
 def test_evaluate_crops_folder_images_to_faces_when_asked(trained, tmp_path, capsys):
