@@ -115,6 +115,10 @@ def by_face_size(names, probs, classes, sides, threshold=None):
     return bins
 
 
+def _number(value):
+    return "n/a" if value is None else "%.4f" % value
+
+
 def format_metrics(m, title=""):
     """A short human-readable block: accuracy, AUC, per-class table, confusion matrix."""
     auc = "n/a" if m["auc"] is None else "%.4f" % m["auc"]
@@ -136,7 +140,8 @@ def format_metrics(m, title=""):
             "%s %d/%d" % (label, v["called_non_compliant"], v["n"]) for label, v in sorted(view["by_label"].items())))
     if m.get("by_face_size"):
         lines.append("  by face size (longest side): %s" % ", ".join(
-            "%s n=%d accuracy=%s" % (b["bin"], b["n"], "n/a" if b["accuracy"] is None else "%.4f" % b["accuracy"])
+            "%s n=%d accuracy=%s compliance=%s" % (b["bin"], b["n"], _number(b["accuracy"]),
+                                                   _number(b["compliance_accuracy"]))
             for b in m["by_face_size"]))
     if m.get("operating_points"):
         lines.append("  non_compliant_threshold: non-compliant caught, masks called non-compliant")
