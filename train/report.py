@@ -116,13 +116,13 @@ def by_face_size(names, probs, classes, sides, threshold=None):
 
 
 def _number(value):
+    """A metric for the text report: four decimals, or n/a where it is undefined."""
     return "n/a" if value is None else "%.4f" % value
 
 
 def format_metrics(m, title=""):
     """A short human-readable block: accuracy, AUC, per-class table, confusion matrix."""
-    auc = "n/a" if m["auc"] is None else "%.4f" % m["auc"]
-    lines = ["%s n=%d accuracy=%.4f auc=%s" % (title, m["n"], m["accuracy"], auc),
+    lines = ["%s n=%d accuracy=%.4f auc=%s" % (title, m["n"], m["accuracy"], _number(m["auc"])),
              "  %-10s %9s %9s %9s %8s" % ("class", "precision", "recall", "f1", "support")]
     for c, v in m["per_class"].items():
         lines.append("  %-10s %9.4f %9.4f %9.4f %8d" % (c, v["precision"], v["recall"], v["f1"], v["support"]))
@@ -135,7 +135,7 @@ def format_metrics(m, title=""):
         lines.append("  compliance (non-compliant = no_mask or incorrect%s): n=%d positives=%d precision=%.4f "
                      "recall=%.4f f1=%.4f auc=%s" % (point, view["n"], view["positives"], view["precision"],
                                                      view["recall"], view["f1"],
-                                                     "n/a" if view["auc"] is None else "%.4f" % view["auc"]))
+                                                     _number(view["auc"])))
         lines.append("  called non-compliant, by true label: %s" % ", ".join(
             "%s %d/%d" % (label, v["called_non_compliant"], v["n"]) for label, v in sorted(view["by_label"].items())))
     if m.get("by_face_size"):
