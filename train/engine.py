@@ -55,7 +55,9 @@ class FaceDataset(Dataset):
         image is cropped and cached when the first one is asked for (decoding a street
         photo costs far more than the network does on a 96 px face).
         """
-        entry = self._entry(i)
+        return self._boxed(self._entry(i))
+
+    def _boxed(self, entry):
         if isinstance(entry, SceneContext):
             return letterbox(entry.crop(self.meta["crop_margin"]), self.meta["input_size"], self.meta["mean"])
         return entry
@@ -97,7 +99,7 @@ class FaceDataset(Dataset):
         if isinstance(entry, SceneContext) and hasattr(transform, "from_context"):
             x = transform.from_context(entry)
         else:
-            x = transform.from_boxed(self.boxed(i))
+            x = transform.from_boxed(self._boxed(entry))  # decoded once, even without the cache
         return (x, self.targets[i], self.weights[i]) if weighted else (x, self.targets[i])
 
     def __getitem__(self, i):

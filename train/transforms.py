@@ -86,8 +86,9 @@ class SceneContext(collections.namedtuple("SceneContext", "rgb box")):
         return cls(scene[y1:y2, x1:x2].copy(), [box[0] - x1, box[1] - y1, box[2] - x1, box[3] - y1])
 
     def crop(self, margin):
-        """The face with the model's margin, as ``expand_box`` cuts it from the whole scene."""
-        return frame(self.rgb, self.box, (margin,) * 4)
+        """The face with the model's margin, cut by the device's own ``expand_box``."""
+        x1, y1, x2, y2 = expand_box(self.box, margin, self.rgb.shape[1], self.rgb.shape[0])
+        return self.rgb[y1:y2, x1:x2]
 
 
 class TrainTransform:
