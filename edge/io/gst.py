@@ -248,16 +248,21 @@ def fps_fraction(fps):
     return int(round(fps * 100)), 100
 
 
-def h264_encoder(bitrate, error=RuntimeError):
+def h264_encoder(bitrate, error=RuntimeError, keyframe_interval=30):
     """A pipeline fragment encoding to H.264: the Jetson's hardware encoder when present, else x264.
 
+    A keyframe (IDR) comes every `keyframe_interval` frames: a viewer who joins a live
+    stream sees grey until the next one, so live outputs keep it to about a second (the
+    encoders' own defaults, 250 and 256 frames, are up to ten seconds of grey at 25 fps).
     Raises ``error`` naming the package when neither is installed.
     """
+    interval = max(1, int(keyframe_interval))
     if has_element("nvv4l2h264enc") and has_element("nvvidconv"):
         return ("videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
                 "video/x-raw(memory:NVMM),format=I420 ! nvv4l2h264enc bitrate={} "
-                "insert-sps-pps=true".format(int(bitrate) * 1000))
+                "insert-sps-pps=true iframeinterval={} idrinterval={}".format(
+                    int(bitrate) * 1000, interval, interval))
     require(["x264enc"], error)
     # I420 explicitly: from BGR videoconvert would pick Y444, which few players decode.
     return ("videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency "
-            "speed-preset=ultrafast bitrate={}".format(int(bitrate)))
+            "speed-preset=ultrafast bitrate={} key-int-max={}".format(int(bitrate), interval))

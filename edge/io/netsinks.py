@@ -45,8 +45,9 @@ class RtspSink(Sink):
             raise SinkError("RTSP output needs gst-rtsp-server for Python: install "
                             "gir1.2-gst-rtsp-server-1.0 (Debian/JetPack)")
         gst.require(["appsrc", "videoconvert", "rtph264pay"], SinkError)
-        self._encoder = gst.h264_encoder(bitrate, SinkError)
         self._fps = float(fps or 30)
+        # A keyframe a second: a viewer joining the shared stream waits at most that long.
+        self._encoder = gst.h264_encoder(bitrate, SinkError, keyframe_interval=round(self._fps))
         self._path = path
         self._lock = threading.Lock()
         self._appsrc = None

@@ -203,6 +203,35 @@ def test_rtsp_sink_round_trip_through_the_rtsp_source():
         feeder.stop()
 
 
+def seconds_to_a_clean_picture(source, image, limit):
+    """How long until `source` shows `image` (mean error under 10), or `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        frame = source.read(timeout=0.2)
+        if frame is not None and np.abs(frame.image.astype(np.int16) - image).mean() < 10.0:
+            break
+    return time.monotonic() - started
+
+
+def test_rtsp_viewer_joining_a_running_stream_gets_a_clean_picture_within_a_second():
+    """All viewers share one encoder, so a late one can decode only from the next keyframe
+    (before it, the decoder shows grey): with x264's default of one every 250 frames that was
+    4.4 s here, with one a second it is 0.3 s."""
+    image = pattern_frames(1, 128, 96)[0]
+    feeder = Feeder(open_sink("rtsp://@:0/out", fps=25), image)
+    viewers = []
+    try:
+        viewers.append(open_source(feeder.sink.url, latency=0))
+        assert seconds_to_a_clean_picture(viewers[0], image, 10) < 10
+        time.sleep(1.0)  # the stream runs on, past its first keyframe
+        viewers.append(open_source(feeder.sink.url, latency=0))
+        assert seconds_to_a_clean_picture(viewers[1], image, 10) < 2.0
+    finally:
+        for viewer in viewers:
+            viewer.close()
+        feeder.stop()
+
+
 def test_rtsp_port_in_use_is_a_clear_error():
     first = open_sink("rtsp://@:0/out")
     try:
@@ -218,12 +247,12 @@ def test_jetson_outputs_use_the_hardware_elements(monkeypatch, tmp_path):
     from edge.io import gst, sinks
     real = gst.has_element
     monkeypatch.setattr(gst, "has_element", lambda name: name.startswith("nv") or real(name))
-    assert "nvvidconv ! video/x-raw(memory:NVMM),format=I420 ! nvv4l2h264enc bitrate=4000000" \
-        in gst.h264_encoder(4000)
+    assert "nvvidconv ! video/x-raw(memory:NVMM),format=I420 ! nvv4l2h264enc bitrate=4000000 " \
+        "insert-sps-pps=true iframeinterval=25 idrinterval=25" in gst.h264_encoder(4000, keyframe_interval=25)
     monkeypatch.setenv("DISPLAY", ":0")
     assert "nv3dsink" in sinks.display_sink("display://0", 30)._tail
     monkeypatch.setattr(gst, "has_element", real)
-    assert "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000" in \
+    assert "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000 key-int-max=30" in \
         gst.h264_encoder(4000)
 
 
