@@ -187,6 +187,11 @@ def play(pipeline, error, timeout=10.0, wait=True):
     raise error("pipeline did not start within {:.0f} s".format(timeout))
 
 
+def is_playing(element):
+    """Whether `element` is in the PLAYING state now (does not wait for a change)."""
+    return element.get_state(0)[1] == _Gst.State.PLAYING
+
+
 def stop(pipeline):
     """Set a pipeline to NULL (releases devices, files and sockets)."""
     if pipeline is not None:

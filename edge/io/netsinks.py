@@ -81,7 +81,11 @@ class RtspSink(Sink):
         with self._lock:
             appsrc = self._appsrc
         # No client: nothing to encode. A slow client: drop rather than queue (live).
-        if appsrc is None or appsrc.get_property("current-level-bytes") > self._level_max:
+        # Not PLAYING yet (the stream is being prepared for its first viewer): a frame
+        # pushed into the paused live source stalled the stream for good (1 start in 20
+        # on a busy machine: the viewer got no picture at all), so wait for PLAYING.
+        if appsrc is None or not gst.is_playing(appsrc) or \
+                appsrc.get_property("current-level-bytes") > self._level_max:
             return
         appsrc.emit("push-buffer", gst.bgr_to_buffer(image, None, 1.0 / self._fps))
 

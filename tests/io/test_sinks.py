@@ -232,6 +232,50 @@ def test_rtsp_viewer_joining_a_running_stream_gets_a_clean_picture_within_a_seco
         feeder.stop()
 
 
+def test_rtsp_sink_holds_frames_until_the_viewers_stream_plays():
+    """The stream is built, paused, when the first viewer asks for it. A frame pushed into its
+    live source before it played stalled the stream for good (about 1 start in 20 on a busy
+    machine: that viewer never got a picture), so frames wait for PLAYING."""
+    from edge.io import gst
+    Gst = gst.init(SinkError)
+    image = np.full((48, 64, 3), 90, np.uint8)
+    sink = open_sink("rtsp://@:0/out", fps=25)
+    pipeline = gst.launch("appsrc name=src is-live=true format=time do-timestamp=true caps={} ! "
+                          "fakesink name=out signal-handoffs=true sync=false".format(
+                              gst.bgr_caps(64, 48, 25)), SinkError)
+    handed = []
+    pipeline.get_by_name("out").connect("handoff", lambda *args: handed.append(1))
+    try:
+        sink.write(image)  # mounts the stream; no viewer yet
+        sink._on_media(None, pipeline_as_media(pipeline))  # a viewer: the stream is built
+        pipeline.set_state(Gst.State.PAUSED)
+        for _ in range(3):
+            sink.write(image)
+        assert pipeline.get_by_name("src").get_property("current-level-bytes") == 0
+        pipeline.set_state(Gst.State.PLAYING)
+        deadline = time.monotonic() + 5
+        while not handed and time.monotonic() < deadline:
+            sink.write(image)
+            time.sleep(0.02)
+        assert handed
+    finally:
+        gst.stop(pipeline)
+        sink.close()
+
+
+class pipeline_as_media(object):
+    """What RtspSink reads from gst-rtsp-server's media: its element, its signals."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def get_element(self):
+        return self.pipeline
+
+    def connect(self, *args):
+        pass
+
+
 def test_rtsp_port_in_use_is_a_clear_error():
     first = open_sink("rtsp://@:0/out")
     try:
