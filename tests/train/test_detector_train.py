@@ -134,6 +134,43 @@ def test_augmented_boxes_stay_on_their_faces():
             assert inner.size and inner.mean() > 240  # the box still frames the white "face"
 
 
+def test_large_face_crops_zoom_onto_a_real_face(scenes):
+    """--large-faces: the crop is zoomed so that a face of 32 px or more in the scene is 128 to
+    7/8 of the crop across, its box still on the same pixels (those of the scene, resized); a
+    scene whose faces are all smaller gets the ordinary crop."""
+    import random
+
+    from train.detector.augment import LARGE_FACE_MIN, LARGE_FRACTION
+    augment = TrainAugment(size=320, infer_size=960, p_blur=0, p_occlude=0, p_photometric=0, p_large=1.0)
+    scene = next(s for s in scenes["train"]  # one face: the zoom has only it to choose
+                 if len(s.boxes) == 1 and (s.boxes[0, 2:] - s.boxes[0, :2]).max() >= 48)
+    image = cv2.imread(scene.path)
+    fx0, fy0, fx1, fy1 = scene.boxes[0].astype(int)
+    sides = []
+    for seed in range(6):
+        rng = random.Random(seed)
+        out, faces, _ = augment(image, scene.boxes, np.zeros((0, 4), np.float32), rng)
+        assert out.shape == (320, 320, 3) and len(faces)
+        side = (faces[:, 2:] - faces[:, :2]).max(axis=1)
+        big = int(np.argmax(side))
+        sides.append(float(side[big]))
+        assert LARGE_FACE_MIN - 1 <= side[big] <= LARGE_FRACTION * 320 + 1
+        # Its pixels are the scene's face, resized (and mirrored when the crop was flipped):
+        # the face cut from the scene is found in the crop where its box says.
+        x0, y0, x1, y1 = faces[big].round().astype(int)
+        face = image[fy0:fy1, fx0:fx1]
+        best = min(cv2.minMaxLoc(cv2.matchTemplate(out, cv2.resize(np.ascontiguousarray(f), (x1 - x0, y1 - y0)),
+                                                   cv2.TM_SQDIFF_NORMED))[::2]
+                   for f in (face, face[:, ::-1]))
+        assert best[0] < 0.01 and best[1] == pytest.approx((x0, y0), abs=2)
+    assert max(sides) / min(sides) > 1.3  # the zoom is drawn, not fixed
+    tiny = np.array([[10, 10, 30, 28]], np.float32)  # 20 px: nothing to zoom onto
+    out, faces, _ = augment(image, tiny, np.zeros((0, 4), np.float32), random.Random(0))
+    ordinary, same, _ = TrainAugment(size=320, infer_size=960, p_blur=0, p_occlude=0, p_photometric=0)(
+        image, tiny, np.zeros((0, 4), np.float32), random.Random(0))
+    assert np.array_equal(out, ordinary) and np.array_equal(faces, same)
+
+
 def _write_voc(path, image_name, boxes):
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = image_name
@@ -299,6 +336,23 @@ def test_the_budget_threshold_keeps_equal_scores_together_and_can_keep_nothing()
     assert scores.at_budget(0.5) == (1.0, 0.3)
     assert "threshold -" in format_scores(scores.result(0.0))
     assert FaceScores().at_budget(1.0) == (None, None)
+
+
+def test_large_faces_and_large_false_alarms_are_counted_by_hand():
+    """Faces of 64 px and over have their own recall; false positives of 64 px and over (on a
+    portrait, a box around face and shoulders) their own count, also when pooled."""
+    from train.detector.evaluate import FaceScores
+    face, shoulders = [100, 100, 180, 190], [60, 80, 260, 330]  # 90 px, and 250 px around it
+    scores = FaceScores(0.3)
+    scores.add([face, _box(0)], [shoulders, _box(0), _box(5)], [0.9, 0.8, 0.7])
+    r = scores.result()
+    assert (r["n_large"], r["recall_large50"], r["large_fp"]) == (1, 0.0, 1)
+    assert (r["recall_small50"], r["fp_per_image"]) == (1.0, 2.0)  # the 20 px false alarm too
+    other = FaceScores(0.3)
+    other.add([face], [face], [0.9])
+    pooled = FaceScores.pooled([scores, other]).result()
+    assert (pooled["n_large"], pooled["recall_large50"], pooled["large_fp"]) == (2, 0.5, 1)
+    assert ">=64px 0.5000" in format_scores(pooled) and "(1 of >=64px)" in format_scores(pooled)
 
 
 def test_the_pooled_operating_point_keeps_all_sets_within_the_budget():

@@ -59,6 +59,9 @@ def get_args_parser():
     p.add_argument("--input-size", type=int, default=640, help="side of the square training crops")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
                    help="crop scale relative to the edge's inference scale (log-uniform)")
+    p.add_argument("--large-faces", type=float, default=0.0, metavar="P",
+                   help="share of crops zoomed onto one face so it is 128 px to 7/8 of the crop "
+                        "across (foreground faces; the largest anchors see few otherwise)")
     p.add_argument("--box-style", default="common", choices=("common", "native"),
                    help="common: map every source's boxes to the original detector's framing "
                         "(the edge's BOX_ADJUST then applies); native: train on them as annotated")
@@ -135,8 +138,8 @@ def main(argv=None):
         summary[source].update(entry)
         say("%s: %s" % (source, entry))
     train_scenes = [s for src in train_sources for s in sets[src]["train"]]
-    dataset = TrainScenes(train_scenes, TrainAugment(args.input_size, settings["input_size"], args.scale_range),
-                          to_common, seed=args.seed)
+    augment = TrainAugment(args.input_size, settings["input_size"], args.scale_range, p_large=args.large_faces)
+    dataset = TrainScenes(train_scenes, augment, to_common, seed=args.seed)
     sampler = None
     if args.balance and len(train_sources) > 1:
         # Each source equally often (with replacement), whatever its size: the larger set

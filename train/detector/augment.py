@@ -8,6 +8,10 @@ regions moved consistently:
   than the edge will see them (the crop is then larger than the image and padded with the
   mean colour, which is 0 after normalisation), r > 1 larger. Resizing is the edge's
   (area when shrinking, linear when enlarging). Most crops are centred near a face;
+- large faces (``p_large``, off by default): a crop zoomed onto one face of 32 px or more so
+  that it is 128 to ``LARGE_FRACTION`` x ``size`` px across (log-uniform), as a face in the
+  foreground of a portrait or an entrance camera is: the scene sets' faces are small, so the
+  largest anchors (256 and 512 px) otherwise see almost only background;
 - boxes whose centre leaves the crop, or whose longest side falls under ``min_face`` px,
   become ignore regions (neither face nor background);
 - horizontal flip; photometric jitter (brightness, contrast, saturation, hue);
@@ -24,6 +28,8 @@ import numpy as np
 from edge.infer.detectors.retinaface import MEAN_BGR, to_blob
 
 MASK_COLOURS = ((230, 200, 160), (245, 245, 245), (30, 30, 30), (200, 170, 120))  # BGR
+LARGE_FACE_MIN, LARGE_FRACTION = 128.0, 0.875  # a zoomed face's longest side: px, of the crop
+LARGE_SOURCE_MIN = 32.0  # faces smaller than this in the scene are not zoomed (a blur, no face)
 
 
 
@@ -35,7 +41,7 @@ class TrainAugment(object):
     """Callable ``(image_bgr, boxes, ignore, rng) -> (image uint8 SxSx3, boxes, ignore)``."""
 
     def __init__(self, size=640, infer_size=960, scale_range=(0.5, 2.0), min_face=8.0,
-                 p_face_centred=0.8, p_blur=0.3, p_occlude=0.3, p_photometric=0.8):
+                 p_face_centred=0.8, p_blur=0.3, p_occlude=0.3, p_photometric=0.8, p_large=0.0):
         self.size = int(size)
         self.infer_size = float(infer_size)
         self.scale_range = tuple(float(v) for v in scale_range)
@@ -44,9 +50,15 @@ class TrainAugment(object):
         self.p_blur = p_blur
         self.p_occlude = p_occlude
         self.p_photometric = p_photometric
+        self.p_large = float(p_large)
 
     def __call__(self, image, boxes, ignore, rng=random):
-        image, boxes, ignore = self.crop(image, boxes, ignore, rng)
+        large = [b for b in boxes if max(b[2] - b[0], b[3] - b[1]) >= LARGE_SOURCE_MIN]
+        # No draw at all when off, so that the default recipe's crops stay as they were.
+        if self.p_large and large and rng.random() < self.p_large:
+            image, boxes, ignore = self.crop_large(image, boxes, ignore, large[rng.randrange(len(large))], rng)
+        else:
+            image, boxes, ignore = self.crop(image, boxes, ignore, rng)
         if rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             boxes = flip_boxes(boxes, self.size)
@@ -89,6 +101,35 @@ class TrainAugment(object):
         moved = np.asarray(boxes, np.float32).reshape(-1, 4) * factor - shift
         moved_ignore = np.asarray(ignore, np.float32).reshape(-1, 4) * factor - shift
         region = (sx0 - cx0, sy0 - cy0, sx1 - cx0, sy1 - cy0)  # where the image lies in the crop
+        return (out,) + self.keep(moved, moved_ignore, region)
+
+    def crop_large(self, image, boxes, ignore, face, rng):
+        """The square crop zoomed so that `face` is 128 to LARGE_FRACTION x size px across.
+
+        The window is cut from the scene before it is resized (a 10x zoom of the whole scene
+        would take gigabytes); beyond the scene it is padded with the mean colour."""
+        h, w = image.shape[:2]
+        target = math.exp(rng.uniform(math.log(LARGE_FACE_MIN), math.log(LARGE_FRACTION * self.size)))
+        scale = target / max(face[2] - face[0], face[3] - face[1])
+        side = self.size / scale  # crop side in scene pixels, at least the face's
+        cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
+        slack = side - (face[2] - face[0]) * 1.0, side - (face[3] - face[1]) * 1.0
+        x0 = cx - side / 2 + rng.uniform(-0.5, 0.5) * max(0.0, slack[0])  # the face stays inside
+        y0 = cy - side / 2 + rng.uniform(-0.5, 0.5) * max(0.0, slack[1])
+        ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
+        n = int(math.ceil(side)) + 1
+        window = np.empty((n, n, 3), np.uint8)
+        window[:] = np.array(MEAN_BGR).round().astype(np.uint8)
+        sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix0 + n, w), min(iy0 + n, h)
+        if sx1 > sx0 and sy1 > sy0:
+            window[sy0 - iy0:sy1 - iy0, sx0 - ix0:sx1 - ix0] = image[sy0:sy1, sx0:sx1]
+        factor = self.size / float(n)
+        out = cv2.resize(window, (self.size, self.size),
+                         interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        shift = np.array([ix0, iy0, ix0, iy0], np.float32)
+        moved = (np.asarray(boxes, np.float32).reshape(-1, 4) - shift) * factor
+        moved_ignore = (np.asarray(ignore, np.float32).reshape(-1, 4) - shift) * factor
+        region = tuple(v * factor for v in (sx0 - ix0, sy0 - iy0, sx1 - ix0, sy1 - iy0))
         return (out,) + self.keep(moved, moved_ignore, region)
 
     def keep(self, boxes, ignore, region):

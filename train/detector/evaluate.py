@@ -9,8 +9,9 @@ during training), and the ONNX files (original or exported) run in the edge's ow
 
 Reported per split: face AP at IoU 0.5 and 0.3 (all labels are one class, face; the score
 is the detector's), recall at IoU 0.5 / 0.3 overall and at 0.5 for faces under 32 px
-(longest side, in the scene's own pixels), false positives per image (detections matching
-no face at IoU 0.5), at the detector's operating point (confidence, min size, NMS); and the
+(longest side, in the scene's own pixels) and for faces of 64 px and over, false positives per
+image (detections matching no face at IoU 0.5) and how many of them are 64 px or over (on a
+portrait, a box drawn around the face and shoulders), at the detector's operating point (confidence, min size, NMS); and the
 operating point the split itself would choose: recall at IoU 0.5 at the lowest score
 threshold that keeps false positives within ``FP_BUDGET`` per image, and that threshold.
 """
@@ -88,7 +89,9 @@ class FaceScores(object):
         self.hits = {iou: 0 for iou in IOUS}
         self.n_faces = 0
         self.small = [0, 0]  # hits at 0.5, faces, for faces under 32 px
+        self.large = [0, 0]  # the same for faces of 64 px and over
         self.false_positives = 0
+        self.large_false_positives = 0
 
     @classmethod
     def pooled(cls, parts):
@@ -100,7 +103,9 @@ class FaceScores(object):
             out.n_images += p.n_images
             out.n_faces += p.n_faces
             out.false_positives += p.false_positives
+            out.large_false_positives += p.large_false_positives
             out.small = [out.small[0] + p.small[0], out.small[1] + p.small[1]]
+            out.large = [out.large[0] + p.large[0], out.large[1] + p.large[1]]
             for iou in IOUS:
                 out.ranked[iou].extend(p.ranked[iou])
                 out.hits[iou] += p.hits[iou]
@@ -114,14 +119,19 @@ class FaceScores(object):
         self.n_images += 1
         self.n_faces += len(gt_boxes)
         small = np.array([size_bin(b) == "<32" for b in gt_boxes], bool)
+        large = np.array([size_bin(b) == ">=64" for b in gt_boxes], bool)
+        det_large = np.array([size_bin(b) == ">=64" for b in det_boxes], bool)
         for iou in IOUS:
             gt_to_det, det_to_gt = greedy_match(gt_boxes, det_boxes, det_scores, iou)
             self.hits[iou] += int((gt_to_det >= 0).sum())
             self.ranked[iou].extend(zip(det_scores.tolist(), (det_to_gt >= 0).tolist()))
             if iou == 0.5:
                 self.false_positives += int((det_to_gt < 0).sum())
+                self.large_false_positives += int(((det_to_gt < 0) & det_large).sum())
                 self.small[0] += int((gt_to_det[small] >= 0).sum())
                 self.small[1] += int(small.sum())
+                self.large[0] += int((gt_to_det[large] >= 0).sum())
+                self.large[1] += int(large.sum())
 
     def at_budget(self, fp_budget=FP_BUDGET):
         """(recall at IoU 0.5, threshold) at the lowest score threshold (keep scores >= it)
@@ -153,9 +163,11 @@ class FaceScores(object):
         return kept_tp / float(self.n_faces), threshold
 
     def result(self, fp_budget=FP_BUDGET):
-        """{n_images, n_faces, n_small, ap50, ap30, recall50, recall30, recall_small50,
-        fp_per_image, fp_budget, recall_at_budget, threshold_at_budget} (see ``at_budget``)."""
-        out = {"n_images": self.n_images, "n_faces": self.n_faces, "n_small": self.small[1]}
+        """{n_images, n_faces, n_small, n_large, ap50, ap30, recall50, recall30, recall_small50,
+        recall_large50, fp_per_image, large_fp, fp_budget, recall_at_budget,
+        threshold_at_budget} (see ``at_budget``)."""
+        out = {"n_images": self.n_images, "n_faces": self.n_faces, "n_small": self.small[1],
+               "n_large": self.large[1]}
         for iou in IOUS:
             ranked = self.ranked[iou]
             ap = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.n_faces)
@@ -163,7 +175,9 @@ class FaceScores(object):
             out["ap%d" % tag] = None if ap is None else round(ap, 4)
             out["recall%d" % tag] = round(self.hits[iou] / float(self.n_faces), 4) if self.n_faces else None
         out["recall_small50"] = round(self.small[0] / float(self.small[1]), 4) if self.small[1] else None
+        out["recall_large50"] = round(self.large[0] / float(self.large[1]), 4) if self.large[1] else None
         out["fp_per_image"] = round(self.false_positives / float(self.n_images), 4) if self.n_images else None
+        out["large_fp"] = self.large_false_positives
         recall, threshold = self.at_budget(fp_budget)
         out["fp_budget"] = fp_budget
         out["recall_at_budget"] = None if recall is None else round(recall, 4)
@@ -204,10 +218,16 @@ def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
 
 
 def format_scores(r):
-    """One line: AP@.5, AP@.3, recall@.5, recall <32 px, FP/image, recall at the FP budget
-    and its threshold (results of older runs, without them, print without them)."""
-    line = "AP50 %.4f AP30 %.4f recall50 %.4f <32px %.4f FP/img %.3f" % (
-        r["ap50"] or 0, r["ap30"] or 0, r["recall50"] or 0, r["recall_small50"] or 0, r["fp_per_image"] or 0)
+    """One line: AP@.5, AP@.3, recall@.5, recall <32 px and >=64 px, FP/image and those of 64 px
+    and over, recall at the FP budget and its threshold (results of older runs, without some
+    of them, print without them)."""
+    line = "AP50 %.4f AP30 %.4f recall50 %.4f <32px %.4f" % (
+        r["ap50"] or 0, r["ap30"] or 0, r["recall50"] or 0, r["recall_small50"] or 0)
+    if "recall_large50" in r:
+        line += " >=64px %s" % _or_dash(r["recall_large50"], "%.4f")
+    line += " FP/img %.3f" % (r["fp_per_image"] or 0)
+    if "large_fp" in r:
+        line += " (%d of >=64px)" % r["large_fp"]
     if "recall_at_budget" in r:
         line += " | at <=%g FP/img: recall50 %s threshold %s" % (
             r["fp_budget"], _or_dash(r["recall_at_budget"], "%.4f"), _or_dash(r["threshold_at_budget"], "%.4f"))
