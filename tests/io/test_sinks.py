@@ -247,7 +247,7 @@ def test_rtsp_sink_holds_frames_until_the_viewers_stream_plays():
     pipeline.get_by_name("out").connect("handoff", lambda *args: handed.append(1))
     try:
         sink.write(image)  # mounts the stream; no viewer yet
-        sink._on_media(None, pipeline_as_media(pipeline))  # a viewer: the stream is built
+        sink._on_media(None, PipelineMedia(pipeline))  # a viewer: the stream is built
         pipeline.set_state(Gst.State.PAUSED)
         for _ in range(3):
             sink.write(image)
@@ -263,7 +263,7 @@ def test_rtsp_sink_holds_frames_until_the_viewers_stream_plays():
         sink.close()
 
 
-class pipeline_as_media(object):
+class PipelineMedia(object):
     """What RtspSink reads from gst-rtsp-server's media: its element, its signals."""
 
     def __init__(self, pipeline):
