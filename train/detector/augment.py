@@ -91,16 +91,10 @@ class TrainAugment(object):
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         factor = np.array([nw / float(w), nh / float(h)] * 2, np.float32)
         cx0, cy0 = int(round(x0 * factor[0])), int(round(y0 * factor[1]))
-        out = np.empty((self.size, self.size, 3), np.uint8)
-        out[:] = np.array(MEAN_BGR).round().astype(np.uint8)
-        sx0, sy0 = max(cx0, 0), max(cy0, 0)
-        sx1, sy1 = min(cx0 + self.size, nw), min(cy0 + self.size, nh)
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - cy0:sy1 - cy0, sx0 - cx0:sx1 - cx0] = resized[sy0:sy1, sx0:sx1]
+        out, region = padded_window(resized, cx0, cy0, self.size)
         shift = np.array([cx0, cy0, cx0, cy0], np.float32)
         moved = np.asarray(boxes, np.float32).reshape(-1, 4) * factor - shift
         moved_ignore = np.asarray(ignore, np.float32).reshape(-1, 4) * factor - shift
-        region = (sx0 - cx0, sy0 - cy0, sx1 - cx0, sy1 - cy0)  # where the image lies in the crop
         return (out,) + self.keep(moved, moved_ignore, region)
 
     def crop_large(self, image, boxes, ignore, face, rng):
@@ -108,7 +102,6 @@ class TrainAugment(object):
 
         The window is cut from the scene before it is resized (a 10x zoom of the whole scene
         would take gigabytes); beyond the scene it is padded with the mean colour."""
-        h, w = image.shape[:2]
         target = math.exp(rng.uniform(math.log(LARGE_FACE_MIN), math.log(LARGE_FRACTION * self.size)))
         scale = target / max(face[2] - face[0], face[3] - face[1])
         side = self.size / scale  # crop side in scene pixels, at least the face's
@@ -118,18 +111,14 @@ class TrainAugment(object):
         y0 = cy - side / 2 + rng.uniform(-0.5, 0.5) * max(0.0, slack[1])
         ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
         n = int(math.ceil(side)) + 1
-        window = np.empty((n, n, 3), np.uint8)
-        window[:] = np.array(MEAN_BGR).round().astype(np.uint8)
-        sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix0 + n, w), min(iy0 + n, h)
-        if sx1 > sx0 and sy1 > sy0:
-            window[sy0 - iy0:sy1 - iy0, sx0 - ix0:sx1 - ix0] = image[sy0:sy1, sx0:sx1]
+        window, inside = padded_window(image, ix0, iy0, n)
         factor = self.size / float(n)
         out = cv2.resize(window, (self.size, self.size),
                          interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
         shift = np.array([ix0, iy0, ix0, iy0], np.float32)
         moved = (np.asarray(boxes, np.float32).reshape(-1, 4) - shift) * factor
         moved_ignore = (np.asarray(ignore, np.float32).reshape(-1, 4) - shift) * factor
-        region = tuple(v * factor for v in (sx0 - ix0, sy0 - iy0, sx1 - ix0, sy1 - iy0))
+        region = tuple(v * factor for v in inside)
         return (out,) + self.keep(moved, moved_ignore, region)
 
     def keep(self, boxes, ignore, region):
@@ -145,6 +134,19 @@ class TrainAugment(object):
         ign = clip_boxes(ignore, x0, y0, x1, y1)
         ign = ign[(ign[:, 2] > ign[:, 0]) & (ign[:, 3] > ign[:, 1])]
         return faces, np.concatenate([ign, extra], axis=0)
+
+
+def padded_window(image, x0, y0, side):
+    """The ``side`` x ``side`` window of ``image`` whose top-left corner is (x0, y0) (whole
+    pixels, possibly outside the image), padded with the mean colour where the image ends;
+    and where the image lies in it, (x0, y0, x1, y1) in window pixels."""
+    h, w = image.shape[:2]
+    out = np.empty((side, side, 3), np.uint8)
+    out[:] = np.array(MEAN_BGR).round().astype(np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out, (sx0 - x0, sy0 - y0, sx1 - x0, sy1 - y0)
 
 
 def clip_boxes(boxes, x0, y0, x1, y1):
