@@ -10,10 +10,11 @@ during training), and the ONNX files (original or exported) run in the edge's ow
 Reported per split: face AP at IoU 0.5 and 0.3 (all labels are one class, face; the score
 is the detector's), recall at IoU 0.5 / 0.3 overall and at 0.5 for faces under 32 px
 (longest side, in the scene's own pixels) and for faces of 64 px and over, false positives per
-image (detections matching no face at IoU 0.5) and how many of them are 64 px or over (on a
-portrait, a box drawn around the face and shoulders), at the detector's operating point (confidence, min size, NMS); and the
-operating point the split itself would choose: recall at IoU 0.5 at the lowest score
-threshold that keeps false positives within ``FP_BUDGET`` per image, and that threshold.
+image (detections matching no face at IoU 0.5) and how many of them are 64 px or over (on
+portraits, the largest anchors firing on the wall or sky beside the face), at the detector's
+operating point (confidence, min size, NMS); and the operating point the split itself would
+choose: recall at IoU 0.5 at the lowest score threshold that keeps false positives within
+``FP_BUDGET`` per image, and that threshold.
 """
 import inspect
 import os
@@ -27,7 +28,7 @@ from edge.app import config as edge_config
 from edge.common import sha256
 from edge.infer.detectors.base import DEFAULT_CONFIDENCE, Detector, empty
 from edge.infer.detectors.retinaface import ONNX_FILE, RetinaFaceDetector, WiderRetinaFaceDetector, anchors_for, decode
-from edge.measure.metrics import average_precision, greedy_match, size_bin
+from edge.measure.metrics import SIZE_BINS, average_precision, greedy_match, size_bin
 from train.detector import boxstyle
 from train.detector.augment import preprocess
 
@@ -88,8 +89,7 @@ class FaceScores(object):
         self.ranked = {iou: [] for iou in IOUS}  # (score, true positive)
         self.hits = {iou: 0 for iou in IOUS}
         self.n_faces = 0
-        self.small = [0, 0]  # hits at 0.5, faces, for faces under 32 px
-        self.large = [0, 0]  # the same for faces of 64 px and over
+        self.by_size = {name: [0, 0] for name, _, _ in SIZE_BINS}  # size bin: [hits at 0.5, faces]
         self.false_positives = 0
         self.large_false_positives = 0
 
@@ -104,8 +104,8 @@ class FaceScores(object):
             out.n_faces += p.n_faces
             out.false_positives += p.false_positives
             out.large_false_positives += p.large_false_positives
-            out.small = [out.small[0] + p.small[0], out.small[1] + p.small[1]]
-            out.large = [out.large[0] + p.large[0], out.large[1] + p.large[1]]
+            for name, tally in p.by_size.items():
+                out.by_size[name] = [a + b for a, b in zip(out.by_size[name], tally)]
             for iou in IOUS:
                 out.ranked[iou].extend(p.ranked[iou])
                 out.hits[iou] += p.hits[iou]
@@ -118,8 +118,7 @@ class FaceScores(object):
         det_scores = np.asarray(det_scores, np.float32).reshape(-1)
         self.n_images += 1
         self.n_faces += len(gt_boxes)
-        small = np.array([size_bin(b) == "<32" for b in gt_boxes], bool)
-        large = np.array([size_bin(b) == ">=64" for b in gt_boxes], bool)
+        gt_bins = np.array([size_bin(b) for b in gt_boxes], object)
         det_large = np.array([size_bin(b) == ">=64" for b in det_boxes], bool)
         for iou in IOUS:
             gt_to_det, det_to_gt = greedy_match(gt_boxes, det_boxes, det_scores, iou)
@@ -128,10 +127,10 @@ class FaceScores(object):
             if iou == 0.5:
                 self.false_positives += int((det_to_gt < 0).sum())
                 self.large_false_positives += int(((det_to_gt < 0) & det_large).sum())
-                self.small[0] += int((gt_to_det[small] >= 0).sum())
-                self.small[1] += int(small.sum())
-                self.large[0] += int((gt_to_det[large] >= 0).sum())
-                self.large[1] += int(large.sum())
+                for name, tally in self.by_size.items():
+                    in_bin = gt_bins == name
+                    tally[0] += int((gt_to_det[in_bin] >= 0).sum())
+                    tally[1] += int(in_bin.sum())
 
     def at_budget(self, fp_budget=FP_BUDGET):
         """(recall at IoU 0.5, threshold) at the lowest score threshold (keep scores >= it)
@@ -166,16 +165,16 @@ class FaceScores(object):
         """{n_images, n_faces, n_small, n_large, ap50, ap30, recall50, recall30, recall_small50,
         recall_large50, fp_per_image, large_fp, fp_budget, recall_at_budget,
         threshold_at_budget} (see ``at_budget``)."""
-        out = {"n_images": self.n_images, "n_faces": self.n_faces, "n_small": self.small[1],
-               "n_large": self.large[1]}
+        small, large = self.by_size["<32"], self.by_size[">=64"]
+        out = {"n_images": self.n_images, "n_faces": self.n_faces, "n_small": small[1], "n_large": large[1]}
         for iou in IOUS:
             ranked = self.ranked[iou]
             ap = average_precision([s for s, _ in ranked], [t for _, t in ranked], self.n_faces)
             tag = int(round(iou * 100))
             out["ap%d" % tag] = None if ap is None else round(ap, 4)
             out["recall%d" % tag] = round(self.hits[iou] / float(self.n_faces), 4) if self.n_faces else None
-        out["recall_small50"] = round(self.small[0] / float(self.small[1]), 4) if self.small[1] else None
-        out["recall_large50"] = round(self.large[0] / float(self.large[1]), 4) if self.large[1] else None
+        out["recall_small50"] = round(small[0] / float(small[1]), 4) if small[1] else None
+        out["recall_large50"] = round(large[0] / float(large[1]), 4) if large[1] else None
         out["fp_per_image"] = round(self.false_positives / float(self.n_images), 4) if self.n_images else None
         out["large_fp"] = self.large_false_positives
         recall, threshold = self.at_budget(fp_budget)
