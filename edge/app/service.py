@@ -23,6 +23,7 @@ from edge.app.pipeline import run, summary
 from edge.app.signals import Stopper
 from edge.common import redact, resolve_path
 from edge.errors import FAILURES, ConfigError, exit_status
+from edge.infer.detectors.retinaface_format import floors_text
 
 log = logging.getLogger("edge")
 
@@ -138,7 +139,8 @@ def _describe(video):
     detector_backend = getattr(detector, "backend", None)
     detector_fallback = getattr(detector, "fallback", None)
     parts = [getattr(detector, "path", None), detector_backend and "%s backend" % detector_backend,
-             detector_fallback and "fallback: %s" % detector_fallback, "confidence %g" % detector.confidence]
+             detector_fallback and "fallback: %s" % detector_fallback, "confidence %g" % detector.confidence,
+             floors_text(detector)]
     log.info("run %s: detector %s (%s), classifier %s (%s backend%s, classes %s)", video.run_id,
              config["detector"]["name"], ", ".join(p for p in parts if p),
              resolve_path(config["classifier"]["model"]), classifier.backend,

@@ -25,6 +25,7 @@ import time
 from edge.app import config as cfg
 from edge.app.assemble import VideoRun, build_analyzer
 from edge.errors import FAILURES, ConfigError, SourceError, exit_status
+from edge.infer.detectors.retinaface_format import floors_text
 from edge.io.sources import read_image
 from edge.measure import misses as miss_sheet
 from edge.measure import tables
@@ -194,7 +195,8 @@ def evaluate_one(config, scenes_arg, args, misses_path=None):
         [("detector", config["detector"]["name"]),
          # What the detector ran at: a fine-tuned file brings its own operating point.
          ("detector_file", getattr(analyzer.detector, "path", None)),
-         ("detector_confidence", analyzer.detector.confidence), ("model", config["classifier"]["model"]),
+         ("detector_confidence", analyzer.detector.confidence),
+         ("detector_anchor_confidence", floors_text(analyzer.detector)), ("model", config["classifier"]["model"]),
          ("classes", list(analyzer.classes)), ("input", scenes_arg), ("split", args.split),
          ("mode", mode)] + list(result.items()))
     result["ms_per_image"] = round(1000.0 * busy / max(evaluation.n_images, 1), 2)

@@ -41,8 +41,11 @@ def _iou(result):
 
 def evaluation_text(result):
     """The report of one evaluation: recall by class and size, FP/image, AP, confusion, targets."""
+    confidence = "%g" % result["detector_confidence"] if "detector_confidence" in result else "?"
+    if result.get("detector_anchor_confidence"):
+        confidence += ", " + result["detector_anchor_confidence"]
     out = ["%s (confidence %s) + %s on %s%s (%s): %d images, %d faces, %d detections, %.1f ms/image\n" % (
-        result["detector"], "%g" % result["detector_confidence"] if "detector_confidence" in result else "?",
+        result["detector"], confidence,
         os.path.basename(result["model"]), result["input"],
         " split %s" % result["split"] if result["split"] else "", result["mode"],
         result["n_images"], result["n_faces"], result["n_detections"], result["ms_per_image"])]

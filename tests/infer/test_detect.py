@@ -17,7 +17,7 @@ from edge.errors import ConfigError, ModelError
 from edge.infer.detect import DETECTORS, create_detector, nms
 from edge.infer.detectors.base import check_frame
 from edge.infer.detectors.files import DEFAULT_DIR
-from edge.infer.detectors.retinaface import BOX_ADJUST, SHIPPED_MODEL, anchors_for, decode
+from edge.infer.detectors.retinaface import BOX_ADJUST, SHIPPED_MODEL, anchors_for, decode, min_scores
 
 DATA = os.path.join(SHARED_DATA, "kaggle853")
 MODELS = DEFAULT_DIR
@@ -232,6 +232,57 @@ def test_without_a_confidence_setting_the_file_s_operating_point_applies(tmp_pat
     onnx.save(model, str(tmp_path / "none.onnx"))
     assert create_detector("retinaface", confidence=None, model=str(tmp_path / "none.onnx")).confidence == 0.3
     assert create_detector("haar", confidence=None).confidence == 0.3
+
+
+def test_an_anchor_floor_raises_the_lowest_score_at_that_anchor_size_only():
+    anchors = anchors_for(64, 96)  # strides 8, 16, 32: 8x12, 4x6, 2x3 cells, two sizes each
+    lowest = min_scores(anchors, 0.3, {512: 0.95})
+    largest = anchors[:, 2] == 512
+    assert largest.sum() == 2 * 3 and np.all(lowest[largest] == np.float32(0.95))
+    assert np.all(lowest[~largest] == np.float32(0.3))
+    assert np.all(min_scores(anchors, 0.97, {512: 0.95}) == np.float32(0.97))  # a higher confidence still rules
+    assert np.all(min_scores(anchors, 0.3, None) == np.float32(0.3))
+
+
+def large_false_alarms(truth, boxes):
+    """Detections of 64 px and over that match no annotated face at IoU 0.5."""
+    return [b for b in boxes if max(b[2] - b[0], b[3] - b[1]) >= 64 and not any(iou(t, b) >= 0.5 for t in truth)]
+
+
+# kaggle853 val selfies on which the fine-tuned detector's 512 px anchors fire on the
+# ceiling or sky beside the face (docs/detector-card.md). Not every such portrait is cured:
+# on maksssksksss407 a smaller false box, which the removed one had suppressed, shows instead.
+PORTRAITS = ["maksssksksss405", "maksssksksss571", "maksssksksss403", "maksssksksss60"]
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+def test_the_file_s_anchor_floor_drops_the_largest_anchors_false_alarms_on_portraits(name):
+    need_data()
+    image, faces = scene(name)
+    truth = [b for _, b in faces]
+    calibrated = create_detector("retinaface", confidence=0.3)  # the floor the shipped file names
+    assert calibrated.anchor_confidence == {512: 0.95}
+    plain = create_detector("retinaface", confidence=0.3, anchor_confidence=None)
+    boxes_plain, _ = plain.detect(image)
+    boxes, _ = calibrated.detect(image)
+    assert large_false_alarms(truth, boxes_plain) and not large_false_alarms(truth, boxes)
+    assert found(truth, boxes) == found(truth, boxes_plain) == len(truth)  # the face itself stays
+
+
+@pytest.mark.parametrize("floors, error", [
+    ('{"256.5": 0.9}', "unreadable anchor_confidence"), ('{"300": 0.9}', "anchor_confidence 300=0.9: need an"),
+    ('{"512": 1.5}', "512=1.5"), ('{"512": "high"}', "unreadable anchor_confidence"),
+    ('[0.9]', "unreadable anchor_confidence")])
+def test_a_bad_anchor_floor_in_the_file_is_refused_naming_it(tmp_path, floors, error):
+    onnx = pytest.importorskip("onnx", reason="editing the metadata needs the onnx package (make test-deps)")
+    model = onnx.load(SHIPPED_MODEL)
+    entry = [p for p in model.metadata_props if p.key == "operating_point"][0]
+    entry.value = json.dumps(dict(json.loads(entry.value), anchor_confidence=json.loads(floors)))
+    path = str(tmp_path / "bad_floor.onnx")
+    onnx.save(model, path)
+    with pytest.raises(ModelError) as err:
+        create_detector("retinaface", model=path)
+    assert path in str(err.value) and error in str(err.value)
 
 
 def test_provision_is_idempotent_and_checks_sha256(tmp_path, capsys):

