@@ -82,11 +82,14 @@ runs/maskwear/manifest.csv: install models
 	$(PY) -m train.maskwear --data $(DATA) --out runs/maskwear --per-face 2
 
 # The shipped detector's recipe (docs/detector-card.md): RetinaFace-MobileNet0.25 fine-tuned
-# from the provisioned WIDER FACE ONNX (models: its starting weights) on kaggle853 + moxa3k;
-# the ONNX for the edge is then `python -m train.detector.export runs/det/best.pt --out FILE.onnx`.
+# from the provisioned WIDER FACE ONNX (models: its starting weights) on kaggle853 + moxa3k,
+# exported to ONNX for the edge (runs/det/face_detector.onnx) and calibrated on val (its
+# operating point and the floor of its coarsest anchors, written into the file's metadata).
 train-detector: install models
 	$(PY) -m train.detector --data $(DATA)/kaggle853 --data $(DATA)/moxa3k \
 	  --ignore-unannotated moxa3k=0.5 --balance --epochs 8 --threads 1 --out runs/det
+	$(PY) -m train.detector.export runs/det/best.pt --out runs/det/face_detector.onnx
+	$(PY) -m train.detector.calibrate runs/det/face_detector.onnx --data $(DATA)/kaggle853 --data $(DATA)/moxa3k
 
 demo: install-edge models
 	mkdir -p $(OUT)

@@ -403,3 +403,32 @@ def test_resuming_an_older_checkpoint_keeps_its_best_comparable():
     new = [dict(e, val={"a": dict(e["val"]["a"], recall_at_budget=0.5 + e["epoch"] / 10.0)}) for e in old]
     rescored = engine.resumed_best(best, new, "recall_at_budget")
     assert rescored["epoch"] == 1 and rescored["score"] == pytest.approx(0.6)
+
+
+def test_calibration_raises_the_coarse_floor_where_it_pays_and_the_edge_reads_it_back(scenes, tmp_path):
+    """``train.detector.calibrate`` on real kaggle853 val scenes: portraits whose 512 px
+    anchors fire beside the face, and crowds. The floor that keeps the most faces within budget
+    wins; the file it writes runs in the edge at that floor and that confidence."""
+    from edge.infer.detect import create_detector
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from train.detector.calibrate import calibrated_point, choose, score_candidates, write_point
+    by_name = {os.path.basename(s.path): s for s in scenes["val"]}
+    chosen = [by_name[n] for n in ("maksssksksss405.jpg", "maksssksksss403.jpg", "maksssksksss571.jpg")]
+    chosen += [s for s in scenes["val"] if len(s.boxes) >= 6][:3]
+    scored = score_candidates(SHIPPED_MODEL, {"kaggle853": {"val": chosen}}, candidates=(None, 0.9),
+                              fp_budget=1.0, threads=2)
+    (_, plain, plain_results), (_, floored, floored_results) = scored
+    # The portraits' false alarms of 64 px and over are gone, and no face is lost.
+    assert plain_results["pooled"]["large_fp"] >= 3 > floored_results["pooled"]["large_fp"]
+    assert floored_results["pooled"]["recall50"] == plain_results["pooled"]["recall50"]
+    # Within 1 false positive per image: 91 % of the faces with the floor, 86 % without.
+    assert floored["recall_at_budget"] > plain["recall_at_budget"] and choose(scored) is scored[1]
+    assert floored["confidence"] < plain["confidence"]
+    assert choose([scored[0], scored[0]]) is scored[0]  # ties: the lower floor
+    point = calibrated_point(scored, "val")
+    assert point["anchor_confidence"] == {"512": 0.9} and point["confidence"] == floored["confidence"]
+    assert [c["anchor_confidence"] for c in point["calibration"]["candidates"]] == [None, 0.9]
+    out = str(tmp_path / "calibrated.onnx")
+    write_point(SHIPPED_MODEL, point, out)
+    detector = create_detector("retinaface", confidence=None, model=out)
+    assert detector.anchor_confidence == {512: 0.9} and detector.confidence == pytest.approx(point["confidence"])
