@@ -432,3 +432,15 @@ def test_calibration_raises_the_coarse_floor_where_it_pays_and_the_edge_reads_it
     write_point(SHIPPED_MODEL, point, out)
     detector = create_detector("retinaface", confidence=None, model=out)
     assert detector.anchor_confidence == {512: 0.9} and detector.confidence == pytest.approx(point["confidence"])
+
+
+def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidates(onnx_path, kaggle, capsys):
+    from train.detector.calibrate import main
+    with pytest.raises(SystemExit, match="has no face-detector metadata") as err:
+        main([onnx_path, "--data", kaggle])  # the WIDER original: no metadata to calibrate
+    assert onnx_path in str(err.value)
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    for bad in ("0.5,high", "1.5"):
+        with pytest.raises(SystemExit):
+            main([SHIPPED_MODEL, "--data", kaggle, "--candidates", bad])
+        assert "--candidates: numbers in 0..1 or none" in capsys.readouterr().err

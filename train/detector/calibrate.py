@@ -27,6 +27,7 @@ import os
 import onnx
 from tqdm import tqdm
 
+from edge.errors import ModelError
 from edge.infer.detectors.base import DEFAULT_CONFIDENCE
 from edge.infer.detectors.retinaface import RetinaFaceDetector
 from train.detector.engine import operating_point
@@ -109,7 +110,13 @@ def main(argv=None):
     try:
         candidates = [None if c.strip() == "none" else float(c) for c in args.candidates.split(",")]
     except ValueError:
+        candidates = [-1.0]
+    if any(c is not None and not 0 <= c <= 1 for c in candidates):
         p.error("--candidates: numbers in 0..1 or none, comma-separated, got %r" % args.candidates)
+    try:
+        RetinaFaceDetector(None, model=args.model, backend="ort")  # refuses a file that is no detector export
+    except ModelError as exc:
+        raise SystemExit("calibrate: %s" % exc)
     sets, _ = load_sets(args.data)
     scored = score_candidates(args.model, sets, candidates, args.fp_budget, args.threads, args.split)
     print("%d px floor | confidence | %s recall within %g FP/image | FP/image at %g | of them >= 64 px"
