@@ -38,8 +38,9 @@ CANDIDATES = (None, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def score_candidates(model, sets, candidates=CANDIDATES, fp_budget=FP_BUDGET, threads=2, split="val"):
-    """[(candidate, operating point of ``engine.operating_point``, {source: FaceScores.result()})]
-    for each lowest score at the 512 px anchors (None: no floor), scored on ``sets[source][split]``."""
+    """[(candidate, operating point of ``engine.operating_point``, {source or "pooled":
+    FaceScores.result()})] for each lowest score at the 512 px anchors (None: no floor), scored
+    on ``sets[source][split]``."""
     settings = dict(edge_settings(), confidence=DEFAULT_CONFIDENCE)
     to_source = (model_convention(model) or {}).get("to_source", {})
     total = len(candidates) * sum(len(split_sets[split]) for split_sets in sets.values())
