@@ -13,6 +13,7 @@ from edge.errors import ConfigError, SinkError
 from edge.infer.analyzer import FaceAnalyzer
 from edge.infer.classify.loader import load_classifier
 from edge.infer.detect import create_detector
+from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR
 from edge.infer.samples import shipped_faces
 from edge.infer.track import Tracker
 from edge.io.sinks import open_sinks
@@ -39,8 +40,13 @@ def build_analyzer(config, timer=None):
     faces = shipped_faces(model)  # the real crops every new engine is checked on
     if det["name"] == "retinaface":
         options.update(backend=det["backend"], engine_cache=clf["engine_cache"], verify_faces=faces)
+        if det["large_anchor_floor"] is not None:
+            options["anchor_confidence"] = {LARGEST_ANCHOR: det["large_anchor_floor"]}
     elif det["backend"] == "trt":
         raise ConfigError("detector.backend trt: only the retinaface detector has a TensorRT engine "
+                          "(detector.name is %s)" % det["name"])
+    elif det["large_anchor_floor"] is not None:
+        raise ConfigError("detector.large_anchor_floor: only the retinaface detector has one "
                           "(detector.name is %s)" % det["name"])
     # models_dir None: the detectors' default ($MASKGATE_DETECTORS, else models/detectors).
     detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"]),

@@ -346,3 +346,21 @@ def test_views_and_grey_frames_are_accepted():
     assert found(mirrored, boxes) >= len(mirrored) - 1
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     assert len(detector.detect(grey)[0]) >= 1
+
+
+def test_a_site_can_lower_or_drop_the_large_anchor_floor_by_setting(tmp_path):
+    need_data()
+    from edge.app import config as edge_config
+    from edge.app.assemble import build_analyzer
+    image, faces = scene(PORTRAITS[0])
+    truth = [b for _, b in faces]
+    shipped = build_analyzer(edge_config.load(overrides={"detector.confidence": 0.3})).detector
+    assert shipped.anchor_confidence == {512: 0.95}  # null: the file's own
+    config = edge_config.load(overrides={"detector.confidence": 0.3, "detector.large_anchor_floor": 0.0})
+    off = build_analyzer(config).detector
+    assert off.anchor_confidence == {512: 0.0}
+    assert large_false_alarms(truth, off.detect(image)[0]) and not large_false_alarms(truth, shipped.detect(image)[0])
+    with pytest.raises(ConfigError, match="detector.large_anchor_floor: only the retinaface detector"):
+        build_analyzer(edge_config.load(overrides={"detector.name": "haar", "detector.large_anchor_floor": 0.5}))
+    with pytest.raises(ConfigError, match="large_anchor_floor"):
+        edge_config.load(overrides={"detector.large_anchor_floor": 1.5})

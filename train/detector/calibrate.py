@@ -30,10 +30,11 @@ from tqdm import tqdm
 from edge.errors import ModelError
 from edge.infer.detectors.base import DEFAULT_CONFIDENCE
 from edge.infer.detectors.retinaface import RetinaFaceDetector
+from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR
 from train.detector.engine import operating_point
 from train.detector.evaluate import FP_BUDGET, FaceScores, edge_settings, evaluate_scenes, model_convention
 
-CALIBRATED_ANCHOR = 512  # px: the largest anchors, stride 32
+CALIBRATED_ANCHOR = LARGEST_ANCHOR  # 512 px, stride 32
 CANDIDATES = (None, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 

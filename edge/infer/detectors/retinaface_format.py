@@ -20,6 +20,7 @@ METADATA_KIND = "face-detector"  # metadata_props["maskgate_model"] of a fine-tu
 MEAN_BGR = (104.0, 117.0, 127.0)
 STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+LARGEST_ANCHOR = ANCHOR_SIZES[-1][-1]  # px: the anchors a calibrated file may raise the floor of
 VARIANCE_CENTER, VARIANCE_SIZE = 0.1, 0.2
 
 
