@@ -141,3 +141,24 @@ def test_cli_builds_the_detector_engine(tmp_path, monkeypatch, capsys):
     assert "TensorRT FP16 vs onnxruntime (face detector)" in out and "wrote %s" % engine in out
     assert trt.calls[0] == ("build", ["fp16"], ((1, 3, 32, 32), (1, 3, 720, 1280), (1, 3, 1280, 1280)))
     assert read_sidecar(engine, "face-detector")["max_side"] == 1280
+
+
+def test_the_engine_path_applies_the_file_s_large_anchor_floor_too(tmp_path, monkeypatch):
+    """The floor sits in the decoding both backends share: on a real selfie whose 512 px
+    anchors fire on the ceiling, the engine keeps exactly what onnxruntime keeps."""
+    from conftest import DATA
+    from helpers import install_fakes
+    path = os.path.join(DATA, "kaggle853", "images", "maksssksksss405.jpg")
+    image = cv2.imread(path)
+    if image is None:
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % path)
+    install_fakes(monkeypatch, 10)
+    detector = create_detector("retinaface", confidence=0.3, backend="trt", engine_cache=str(tmp_path),
+                               verify_faces=FACES)
+    plain = create_detector("retinaface", confidence=0.3, backend="ort", anchor_confidence=None)
+    reference = create_detector("retinaface", confidence=0.3, backend="ort")
+    assert detector.backend == "trt" and detector.anchor_confidence == reference.anchor_confidence == {512: 0.95}
+    boxes, _ = detector.detect(image)
+    assert len(boxes) < len(plain.detect(image)[0])  # the floor removed something here
+    np.testing.assert_allclose(boxes, reference.detect(image)[0], atol=1e-3)
+    detector.close()
