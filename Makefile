@@ -84,7 +84,7 @@ runs/maskwear/manifest.csv: install models
 # The shipped detector's recipe (docs/detector-card.md): RetinaFace-MobileNet0.25 fine-tuned
 # from the provisioned WIDER FACE ONNX (models: its starting weights) on kaggle853 + moxa3k,
 # exported to ONNX for the edge (runs/det/face_detector.onnx) and calibrated on val (its
-# operating point and the floor of its coarsest anchors, written into the file's metadata).
+# confidence and the floor of its largest, 512 px, anchors, written into the file's metadata).
 train-detector: install models
 	$(PY) -m train.detector --data $(DATA)/kaggle853 --data $(DATA)/moxa3k \
 	  --ignore-unannotated moxa3k=0.5 --balance --epochs 8 --threads 1 --out runs/det

@@ -135,10 +135,9 @@ class RetinaFaceDetector(Detector):
 
     def _anchors_for(self, height, width):
         """(anchors, the lowest score kept at each) for one input size."""
-        key = (height, width, self.confidence)
+        key = (height, width)
         if key not in self._anchors:
-            anchors = anchors_for(height, width)
-            # One frame size at a time.
+            anchors = anchors_for(height, width)  # one frame size at a time
             self._anchors = {key: (anchors, min_scores(anchors, self.confidence, self.anchor_confidence))}
         return self._anchors[key]
 
