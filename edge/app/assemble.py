@@ -33,7 +33,7 @@ def build_analyzer(config, timer=None):
     Raises ModelError / ConfigError (from the inference modules) with what to do.
     """
     det, clf = config["detector"], config["classifier"]
-    options = {} if det["input_size"] is None else {"input_size": det["input_size"]}
+    options = dict((key, det[key]) for key in ("input_size", "max_upscale") if det[key] is not None)
     if det["model"] is not None:
         options["model"] = resolve_path(det["model"])
     model = resolve_path(clf["model"])

@@ -364,3 +364,41 @@ def test_a_site_can_lower_or_drop_the_large_anchor_floor_by_setting(tmp_path):
         build_analyzer(edge_config.load(overrides={"detector.name": "haar", "detector.large_anchor_floor": 0.5}))
     with pytest.raises(ConfigError, match="large_anchor_floor"):
         edge_config.load(overrides={"detector.large_anchor_floor": 1.5})
+
+
+# Small photos of one face (fmd's, 116-145 px): enlarged without limit to the 960 px input, each
+# got two or three boxes on parts of the face from the shipped detector.
+CLOSE_UPS = ["without_mask/0_0_dongchengpeng_0016.jpg", "without_mask/0_0_songzuer_0008.jpg",
+             "without_mask/1_0_qiqi_0083.jpg"]
+
+
+@pytest.mark.parametrize("name", CLOSE_UPS)
+def test_a_small_photo_of_one_face_is_not_enlarged_past_the_largest_anchors(name):
+    path = os.path.join(SHARED_DATA, "fmd", name)
+    if not os.path.isfile(path):
+        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % path)
+    image = cv2.imread(path)
+    capped = create_detector("retinaface")
+    assert capped.max_upscale == 4.0
+    boxes, _ = capped.detect(image)
+    assert len(boxes) == 1
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = boxes[0]
+    assert x1 < w / 2 < x2 and y1 < h / 2 < y2 and (x2 - x1) > w / 3  # the whole face, not a part
+    unlimited = create_detector("retinaface", max_upscale=None)
+    assert len(unlimited.detect(image)[0]) >= 2  # what the limit mends
+
+
+def test_the_enlargement_limit_touches_small_frames_only():
+    detector = create_detector("retinaface", max_upscale=4.0)
+    assert detector.scaled(np.zeros((80, 100, 3), np.uint8)).shape[:2] == (320, 400)  # 4x, not 9.6x
+    assert detector.scaled(np.zeros((300, 400, 3), np.uint8)).shape[:2] == (720, 960)  # kaggle853's 2.4x
+    assert detector.scaled(np.zeros((720, 1280, 3), np.uint8)).shape[:2] == (540, 960)  # a camera frame
+    with pytest.raises(ConfigError, match="max_upscale 0.5"):
+        create_detector("retinaface", max_upscale=0.5)
+    from edge.app import config as edge_config
+    from edge.app.assemble import build_analyzer
+    assert build_analyzer(edge_config.load(overrides={"detector.max_upscale": 2.0})).detector.max_upscale == 2.0
+    assert build_analyzer(edge_config.load()).detector.max_upscale == 4.0  # null: the detector's own
+    with pytest.raises(ConfigError, match="detector.max_upscale"):
+        edge_config.load(overrides={"detector.max_upscale": 0.5})

@@ -38,13 +38,16 @@ FP_BUDGET = 1.0  # false positives per image an operator tolerates (the product 
 
 def edge_settings():
     """The edge service's default detector settings: confidence, min_size, nms_iou from
-    ``edge/app/default_config.yaml`` and the RetinaFace detector's own default input long side."""
+    ``edge/app/default_config.yaml`` and the RetinaFace detector's own default input long side
+    and enlargement limit."""
     det = edge_config.defaults()["detector"]
-    size = det["input_size"] or inspect.signature(RetinaFaceDetector.__init__).parameters["input_size"].default
+    defaults = inspect.signature(RetinaFaceDetector.__init__).parameters
+    size = det["input_size"] or defaults["input_size"].default
+    upscale = det["max_upscale"] or defaults["max_upscale"].default
     # The edge's default confidence is the model's own operating point, chosen above this floor.
     confidence = DEFAULT_CONFIDENCE if det["confidence"] is None else det["confidence"]
     return {"confidence": confidence, "min_size": det["min_size"], "nms_iou": det["nms_iou"],
-            "input_size": size}
+            "input_size": size, "max_upscale": upscale}
 
 
 class TorchRetinaFace(Detector):
@@ -202,7 +205,9 @@ def evaluate_scenes(detector, scenes, progress=None):
 def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
     """Each source's framing relative to the original detector, fitted on its train scenes
     (``boxstyle.fit``): ({source: adjustment}, {source: report}, {source: raw detections})."""
-    raw = onnx_detector(models_dir, None, threads=threads, **settings)
+    # The training's data preparation runs the original at the frame scale the shipped detector
+    # was trained with, small scenes enlarged without limit (its cache is keyed by input size).
+    raw = onnx_detector(models_dir, None, threads=threads, **dict(settings, max_upscale=None))
     tag = sha256(raw.path)[:12]  # the cache belongs to this model file
     fitted, report, dets = {}, {}, {}
     for source, split in sets.items():

@@ -66,7 +66,8 @@ class Detector(object):
     smallest face kept, longest side in frame pixels; ``nms_iou``: overlap above which the
     lower-scored box is dropped;
     ``input_size``: long side in pixels the frame is scaled to (up or down) before the
-    detector sees it, None for the frame's own size; ``box_adjust``: (dx1, dy1, dx2, dy2)
+    detector sees it, None for the frame's own size; ``max_upscale``: the most a small frame
+    is enlarged on the way (None: no limit); ``box_adjust``: (dx1, dy1, dx2, dy2)
     added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the
     coordinates of the frame given, clipped to it, best score first.
     Subclasses implement ``_detect(image, scale) -> (boxes, scores)`` in ``image`` pixels
@@ -74,7 +75,7 @@ class Detector(object):
     """
     name = None
 
-    def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None):
+    def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None, max_upscale=None):
         if confidence is None:
             confidence = DEFAULT_CONFIDENCE
         if not 0 <= float(confidence) <= 1:
@@ -86,6 +87,9 @@ class Detector(object):
         if input_size is not None and int(input_size) < 32:
             raise ConfigError("detector input_size %r: need a long side of >= 32 pixels, or "
                               "null for the frame's size" % (input_size,))
+        if max_upscale is not None and not float(max_upscale) >= 1:
+            raise ConfigError("detector max_upscale %r: need >= 1 (1: never enlarge), or null for no "
+                              "limit" % (max_upscale,))
         if box_adjust is not None and len(box_adjust) != 4:
             raise ConfigError("detector box_adjust %r: need four numbers (dx1, dy1, dx2, dy2) "
                               "or null" % (box_adjust,))
@@ -94,10 +98,11 @@ class Detector(object):
         self.min_size = float(min_size)
         self.nms_iou = float(nms_iou)
         self.input_size = None if input_size is None else int(input_size)
+        self.max_upscale = None if max_upscale is None else float(max_upscale)
 
     def __repr__(self):
-        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s>" % (
-            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size)
+        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s max_upscale=%s>" % (
+            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size, self.max_upscale)
 
     def detect(self, frame_bgr):
         """Faces in one BGR frame: (boxes float32 Nx4 xyxy pixels, scores float32 N)."""
@@ -113,11 +118,14 @@ class Detector(object):
         return self.postprocess(boxes, scores, w, h)
 
     def scaled(self, frame):
-        """The frame resized so that its long side is ``input_size`` (itself when None)."""
+        """The frame resized so that its long side is ``input_size`` (itself when None),
+        enlarged by at most ``max_upscale``."""
         if self.input_size is None:
             return frame
         h, w = frame.shape[:2]
         scale = float(self.input_size) / max(h, w)
+        if self.max_upscale is not None:
+            scale = min(scale, self.max_upscale)
         if abs(scale - 1) < 1e-3:
             return frame
         size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))

@@ -61,8 +61,18 @@ BACKENDS = ("auto", "trt", "ort")
 _log = logging.getLogger(__name__)
 
 
+# The most a small frame is enlarged toward ``input_size``. The 960 px long side is for the
+# tiny faces of street scenes (kaggle853's 400 px scenes: 2.4x; moxa3k's median 288 px: 3.3x);
+# a small photo of one face (fmd's, 100-200 px) enlarged 5-10x makes that face larger than the
+# largest anchors (512 px), and the detector then boxes its parts, two or three boxes a face
+# (bench/close_ups.py, 500 fmd and webcam close-ups: one face found on 128 without a limit,
+# on 475 at 4x; camera frames are shrunk and never reach it).
+MAX_UPSCALE = 4.0
+
+
 class RetinaFaceDetector(Detector):
-    """RetinaFace-MobileNet0.25: frame scaled to long side ``input_size`` (None: as is).
+    """RetinaFace-MobileNet0.25: frame scaled to long side ``input_size`` (None: as is), enlarged
+    by at most ``max_upscale`` (``MAX_UPSCALE``; None: no limit).
 
     Options: ``model`` (a fine-tuned ONNX export; default the shipped
     ``models/face_detector.onnx``), ``box_adjust`` ("model": what the file's metadata
@@ -82,7 +92,7 @@ class RetinaFaceDetector(Detector):
 
     def __init__(self, models_dir, model=None, input_size=960, threads=1, providers=None,
                  box_adjust="model", anchor_confidence="model", backend="auto", engine_cache=None, verify_faces=None,
-                 **common):
+                 max_upscale=MAX_UPSCALE, **common):
         if backend not in BACKENDS:
             raise ConfigError("detector backend %r: accepted %s" % (backend, ", ".join(BACKENDS)))
         path = model_file(*os.path.split(model or SHIPPED_MODEL), detector=self.name, command=(
@@ -95,7 +105,7 @@ class RetinaFaceDetector(Detector):
         adjust = check_metadata(path, props)
         if common.get("confidence", 0.5) is None:  # no setting: the file's own operating point
             common["confidence"] = operating_point(path, props)
-        Detector.__init__(self, input_size=input_size,
+        Detector.__init__(self, input_size=input_size, max_upscale=max_upscale,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
         self.anchor_confidence = anchor_floors(path, props) if anchor_confidence == "model" else anchor_confidence
         if backend == "auto" and tensorrt_available():
@@ -165,7 +175,7 @@ class WiderRetinaFaceDetector(RetinaFaceDetector):
     name = "retinaface-wider"
 
     def __init__(self, models_dir, input_size=960, threads=1, providers=None, box_adjust=BOX_ADJUST,
-                 **common):
-        Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, **common)
+                 max_upscale=MAX_UPSCALE, **common):
+        Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, max_upscale=max_upscale, **common)
         self._open(model_file(models_dir, ONNX_FILE, self.name), threads, providers,
                    "run `make models` to provision it again, or use --detector ssd|haar")
