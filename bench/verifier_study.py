@@ -57,8 +57,10 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 UNANNOTATED_SCORE = 0.3
 
 
-def context_crop(image, box, size, context):
-    """A square crop ``context`` x the box's longest side around its centre, at ``size`` px."""
+def square_crop(image, box, size, context):
+    """A square crop ``context`` x the box's longest side around its centre, at ``size`` px,
+    the image's edge pixels repeated beyond it: every network input the same size and framing
+    (``edge.measure.misses.context_crop`` clips at the edge instead, for looking at)."""
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1, 4.0) * context
     scale = size / side
@@ -110,7 +112,7 @@ def crops_of(candidates, size, context):
     for path, idx in by_path.items():
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         for i in idx:
-            out[i] = context_crop(image, candidates["box"][i], size, context)
+            out[i] = square_crop(image, candidates["box"][i], size, context)
     return out
 
 

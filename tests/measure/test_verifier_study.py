@@ -27,7 +27,7 @@ def test_a_context_crop_holds_the_box_in_its_centre_at_its_scale(val_scenes):
     scene = val_scenes["kaggle853"]["val"][0]
     image = cv2.imread(scene.path, cv2.IMREAD_COLOR)
     x1, y1, x2, y2 = box = max(scene.boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    crop = verifier_study.context_crop(image, box, 64, 2.0)
+    crop = verifier_study.square_crop(image, box, 64, 2.0)
     assert crop.shape == (64, 64, 3)
     # At context 2 the box's longest side spans half the crop, centred.
     half, pad = max(x2 - x1, y2 - y1) / 2, int(max(x2 - x1, y2 - y1)) + 1
