@@ -129,36 +129,54 @@ def hud_parts(fps, counts):
     return parts
 
 
-def _hud_width(parts, scale):
-    """Pixels the HUD's parts take at ``scale``: text, a swatch before each class, gaps."""
-    gap, height = cv2.getTextSize("  ", FONT, scale, 1)[0]
-    return sum(cv2.getTextSize(text, FONT, scale, 1)[0][0] + (height + 4 if colour else 0) + gap
-               for text, colour in parts) - gap
+def _part_width(part, scale):
+    """Pixels one HUD part takes at ``scale``: its text, and a swatch before a class's count."""
+    text, colour = part
+    height = cv2.getTextSize(text, FONT, scale, 1)[0][1]
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0] + (height + 4 if colour else 0)
+
+
+def _hud_lines(parts, scale, room):
+    """``parts`` in lines of at most ``room`` pixels (a part wider than that alone on its line)."""
+    gap = cv2.getTextSize("  ", FONT, scale, 1)[0][0]
+    lines, width = [[]], 0
+    for part in parts:
+        needed = _part_width(part, scale) + (gap if lines[-1] else 0)
+        if lines[-1] and width + needed > room:
+            lines.append([])
+            needed, width = _part_width(part, scale), 0
+        lines[-1].append(part)
+        width += needed
+    return lines
 
 
 def draw_hud(image, fps, counts):
     """The status line (``hud_parts``) top left on a darkened band; returns the band's rect.
 
     White text, a square of the class colour before each class's count; the text shrinks
-    to fit a narrow image (down to a still legible size).
+    to fit a narrow image (down to a still legible size), then wraps onto more lines.
     """
     parts = hud_parts(fps, counts)
+    room = image.shape[1] - 12
     scale = max(0.45, image.shape[1] / 1600.0)
-    width = _hud_width(parts, scale)
-    if width + 12 > image.shape[1]:
-        scale = max(0.3, scale * (image.shape[1] - 12) / float(width))
-        width = _hud_width(parts, scale)
+    width = sum(_part_width(p, scale) for p in parts) + cv2.getTextSize("  ", FONT, scale, 1)[0][0] * (len(parts) - 1)
+    if width > room:
+        scale = max(0.3, scale * room / float(width))
+    lines = _hud_lines(parts, scale, room)
     (gap, th), base = cv2.getTextSize("  ", FONT, scale, 1)
+    line_height = th + base + 4
+    widths = [sum(_part_width(p, scale) for p in line) + gap * (len(line) - 1) for line in lines]
     # A dark band behind the text keeps it readable on any scene.
-    band = image[0:th + base + 8, 0:min(image.shape[1], width + 12)]
+    band = image[0:line_height * len(lines) + 4, 0:min(image.shape[1], max(widths) + 12)]
     band[:] = (band * 0.35).astype(np.uint8)
-    x = 6
-    for text, colour in parts:
-        if colour:
-            cv2.rectangle(image, (x, 4), (x + th, th + 4), colour, -1)
-            x += th + 4
-        cv2.putText(image, text, (x, th + 4), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        x += cv2.getTextSize(text, FONT, scale, 1)[0][0] + gap
+    for row, line in enumerate(lines):
+        x, y = 6, th + 4 + row * line_height
+        for text, colour in line:
+            if colour:
+                cv2.rectangle(image, (x, y - th), (x + th, y), colour, -1)
+                x += th + 4
+            cv2.putText(image, text, (x, y), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+            x += cv2.getTextSize(text, FONT, scale, 1)[0][0] + gap
     return 0, 0, band.shape[1], band.shape[0]
 
 

@@ -176,3 +176,28 @@ def test_face_saver_writes_crops(tmp_path):
     x1, y1, x2, y2 = [int(round(v)) for v in faces[0].box]
     assert crop.shape[:2] == (y2 - y1, x2 - x1)
     assert os.path.basename(paths[0]) == "000003_1_%s.jpg" % faces[0].label
+
+
+def test_the_hud_wraps_on_a_narrow_photo_instead_of_running_off_it(monkeypatch):
+    """A small photo (fmd's are 100-300 px wide): at the smallest legible size the status line
+    does not fit, so it wraps; every part is drawn inside the image. A wide frame keeps one line."""
+    image, faces = real_scene()
+    counts = count_labels(faces)
+    drawn_text = []
+    put_text = cv2.putText
+
+    def spy(img, text, origin, font, scale, *args, **kwargs):
+        drawn_text.append((text, origin, cv2.getTextSize(text, font, scale, 1)[0][0]))
+        return put_text(img, text, origin, font, scale, *args, **kwargs)
+
+    monkeypatch.setattr(overlay.cv2, "putText", spy)
+    narrow = np.ascontiguousarray(image[:, :240])
+    _, _, _, band_height = overlay.draw_hud(narrow, None, counts)
+    texts = [text for text, _, _ in drawn_text]
+    assert texts == [text for text, _ in overlay.hud_parts(None, counts)]  # all of them, in order
+    assert all(x + width <= narrow.shape[1] for _, (x, _), width in drawn_text)
+    assert len(set(y for _, (_, y), _ in drawn_text)) >= 2  # more than one line
+    del drawn_text[:]
+    wide = np.zeros((720, 1280, 3), np.uint8)
+    _, _, _, wide_height = overlay.draw_hud(wide, 24.5, counts)
+    assert len(set(y for _, (_, y), _ in drawn_text)) == 1 and wide_height < band_height * 1.5
