@@ -48,6 +48,8 @@ def build_analyzer(config, timer=None):
     elif det["large_anchor_floor"] is not None:
         raise ConfigError("detector.large_anchor_floor: only the retinaface detector has one "
                           "(detector.name is %s)" % det["name"])
+    if det["name"] in ("retinaface", "retinaface-wider"):  # the others search every scale anyway
+        options["close_up_pass"] = det["close_up_pass"]
     # models_dir None: the detectors' default ($MASKGATE_DETECTORS, else models/detectors).
     detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"]),
                                confidence=det["confidence"], min_size=det["min_size"],

@@ -123,6 +123,8 @@ SCHEMA = [
     S("detector.max_upscale", "float", "--detector-max-upscale",
       "most a small frame is enlarged for the detector (null: the detector's own, 4 for retinaface)",
       minimum=1.0, nullable=True),
+    S("detector.close_up_pass", "bool", "--close-up-pass",
+      "look again at half the scale for a face too large to be found whole (retinaface)"),
     S("detector.nms_iou", "float", "--nms-iou", "NMS IoU", minimum=0.0, maximum=1.0),
     S("detector.every", "int", "--detect-every", "detect every N frames", minimum=1),
     S("detector.scene_cut", "float", "--scene-cut", "picture change that forces a detection",

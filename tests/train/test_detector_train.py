@@ -444,3 +444,32 @@ def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidate
         with pytest.raises(SystemExit):
             main([SHIPPED_MODEL, "--data", kaggle, "--candidates", bad])
         assert "--candidates: numbers in 0..1 or none" in capsys.readouterr().err
+
+
+def test_the_evaluator_command_scores_at_the_edge_s_settings_and_takes_overrides(scenes, tmp_path):
+    """``python -m train.detector.evaluate`` on three real kaggle853 test scenes: the edge's
+    enlargement limit and close-up pass by default, each one flag away."""
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from train.detector.evaluate import main
+    folder = tmp_path / "kaggle853"  # the set's name: the file's own framing for it applies
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    rows = ["image,split"]
+    for scene in scenes["test"][:3]:
+        name = os.path.basename(scene.path)
+        shutil.copy(scene.path, str(folder / "images" / name))
+        stem = os.path.splitext(scene.path)[0].replace(os.sep + "images" + os.sep, os.sep + "annotations" + os.sep)
+        shutil.copy(stem + ".xml", str(folder / "annotations"))
+        rows.append("%s,test" % name)
+    (folder / "splits.csv").write_text("\n".join(rows) + "\n")
+    runs = {}
+    for name, flags in (("default", []), ("overridden", ["--max-upscale", "2", "--no-close-up-pass"])):
+        out = str(tmp_path / (name + ".json"))
+        main([SHIPPED_MODEL, "--data", str(folder), "--split", "test", "--json", out] + flags)
+        with open(out) as stream:
+            runs[name] = json.load(stream)["kaggle853"]
+    assert runs["default"]["settings"]["max_upscale"] == 4.0 and runs["default"]["settings"]["close_up_pass"]
+    assert runs["overridden"]["settings"]["max_upscale"] == 2.0
+    assert runs["overridden"]["settings"]["close_up_pass"] is False
+    assert runs["default"]["n_faces"] == sum(len(s.boxes) for s in scenes["test"][:3]) > 0
+    assert 0 < runs["default"]["recall50"] <= 1

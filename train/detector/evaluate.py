@@ -37,9 +37,9 @@ FP_BUDGET = 1.0  # false positives per image an operator tolerates (the product 
 
 
 def edge_settings():
-    """The edge service's default detector settings: confidence, min_size, nms_iou from
-    ``edge/app/default_config.yaml`` and the RetinaFace detector's own default input long side
-    and enlargement limit."""
+    """The edge service's default detector settings: confidence, min_size, nms_iou and the
+    close-up pass from ``edge/app/default_config.yaml`` and the RetinaFace detector's own
+    default input long side and enlargement limit."""
     det = edge_config.defaults()["detector"]
     defaults = inspect.signature(RetinaFaceDetector.__init__).parameters
     size = det["input_size"] or defaults["input_size"].default
@@ -47,7 +47,7 @@ def edge_settings():
     # The edge's default confidence is the model's own operating point, chosen above this floor.
     confidence = DEFAULT_CONFIDENCE if det["confidence"] is None else det["confidence"]
     return {"confidence": confidence, "min_size": det["min_size"], "nms_iou": det["nms_iou"],
-            "input_size": size, "max_upscale": upscale}
+            "input_size": size, "max_upscale": upscale, "close_up_pass": det["close_up_pass"]}
 
 
 class TorchRetinaFace(Detector):
@@ -57,6 +57,7 @@ class TorchRetinaFace(Detector):
     decoding (imported), candidates above the confidence threshold only.
     """
     name = "retinaface-torch"
+    largest_face = RetinaFaceDetector.largest_face
 
     def __init__(self, net, input_size=960, box_adjust=None, **common):
         Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, **common)
@@ -206,8 +207,9 @@ def source_adjustments(sets, models_dir, settings, cache_dir=None, threads=1):
     """Each source's framing relative to the original detector, fitted on its train scenes
     (``boxstyle.fit``): ({source: adjustment}, {source: report}, {source: raw detections})."""
     # The training's data preparation runs the original at the frame scale the shipped detector
-    # was trained with, small scenes enlarged without limit (its cache is keyed by input size).
-    raw = onnx_detector(models_dir, None, threads=threads, **dict(settings, max_upscale=None))
+    # was trained with, small scenes enlarged without limit and without the close-up pass (its
+    # cache is keyed by input size).
+    raw = onnx_detector(models_dir, None, threads=threads, **dict(settings, max_upscale=None, close_up_pass=False))
     tag = sha256(raw.path)[:12]  # the cache belongs to this model file
     fitted, report, dets = {}, {}, {}
     for source, split in sets.items():
@@ -286,8 +288,11 @@ def main(argv=None):
                    help="auto: the model's own per-set adjustment (metadata), else the set's framing "
                         "fitted with the original detector on its train split; edge: the edge's "
                         "BOX_ADJUST; none; or four numbers dx1,dy1,dx2,dy2")
-    for name, kind in (("confidence", float), ("min-size", float), ("nms-iou", float), ("input-size", int)):
+    for name, kind in (("confidence", float), ("min-size", float), ("nms-iou", float), ("input-size", int),
+                       ("max-upscale", float)):
         p.add_argument("--" + name, type=kind, help="override the edge default")
+    p.add_argument("--close-up-pass", action="store_true", default=None, help="override the edge default")
+    p.add_argument("--no-close-up-pass", action="store_false", dest="close_up_pass")
     p.add_argument("--original", default=os.path.join("models", "detectors"),
                    help="folder of the original ONNX (fits set framings for --box-adjust auto)")
     p.add_argument("--cache-dir", default=os.path.join("runs", "cache"))

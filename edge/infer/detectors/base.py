@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ConfigError
+from edge.infer.track import iou_matrix
 
 # The confidence of a detector run without one (detector.confidence: null) whose file names
 # no operating point of its own (the fine-tuned RetinaFace's does: retinaface_format).
@@ -59,6 +60,72 @@ def empty():
     return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
 
 
+def resized(frame, scale):
+    """``frame`` scaled by ``scale`` (itself when about 1)."""
+    if abs(scale - 1) < 1e-3:
+        return frame
+    h, w = frame.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    # Area averaging when shrinking keeps small faces from aliasing away.
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def sides(boxes):
+    """The longest side of each xyxy box."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+# The close-up pass (Detector(close_up_pass=True)), in units of the detector's largest face
+# (``largest_face``, detector input pixels): a box this large in the first pass starts a
+# second one at half the scale; boxes of the second pass this large are kept.
+CLOSE_UP_TRIGGER = 0.5
+CLOSE_UP_MIN = 0.75
+# A box with this much of its area inside a larger, confident box (of at least the trigger size,
+# twice its area, scored at least HOLDER_SCORE) is taken for a part of that face: an eye, a
+# mask, half a face. A low-scored large box is more often a false alarm around real faces.
+PART_INSIDE = 0.6
+HOLDER_SCORE = 0.5
+
+
+def contained(a, b):
+    """Pairwise share of each box of ``a`` (N x 4) lying inside each box of ``b`` (M x 4): N x M."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    return inter / np.maximum(area_a[:, None], 1e-9)
+
+
+def merge_close_ups(boxes, scores, whole, whole_scores, nms_iou, min_holder):
+    """A frame's detections with the close-up pass's large faces ``whole`` in place of their parts.
+
+    A first-pass box mostly inside (``PART_INSIDE``) or overlapping (``nms_iou``) a face found
+    whole gives way to it (a face found whole scored under ``HOLDER_SCORE`` is left out: the
+    first pass stands); then a box mostly inside a confident box of at least ``min_holder``
+    pixels (longest side, frame pixels) with twice its area is dropped as a part of that
+    face. Best score first.
+    """
+    whole = np.asarray(whole, np.float32).reshape(-1, 4)
+    whole_scores = np.asarray(whole_scores, np.float32).reshape(-1)
+    confident = whole_scores >= HOLDER_SCORE
+    whole, whole_scores = whole[confident], whole_scores[confident]
+    if len(whole):
+        replaced = ((contained(boxes, whole) >= PART_INSIDE) | (iou_matrix(boxes, whole) > nms_iou)).any(axis=1)
+        boxes = np.concatenate([boxes[~replaced], whole])
+        scores = np.concatenate([scores[~replaced], whole_scores])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    confident_large = (sides(boxes) >= min_holder) & (scores >= HOLDER_SCORE)
+    holders = confident_large[None, :] & (areas[None, :] >= 2 * areas[:, None])
+    part = ((contained(boxes, boxes) >= PART_INSIDE) & holders).any(axis=1)
+    order = np.argsort(-scores[~part], kind="mergesort")
+    return boxes[~part][order], scores[~part][order]
+
+
 class Detector(object):
     """A face detector: ``detect(frame_bgr) -> (boxes Nx4 xyxy float32 pixels, scores N)``.
 
@@ -67,15 +134,20 @@ class Detector(object):
     lower-scored box is dropped;
     ``input_size``: long side in pixels the frame is scaled to (up or down) before the
     detector sees it, None for the frame's own size; ``max_upscale``: the most a small frame
-    is enlarged on the way (None: no limit); ``box_adjust``: (dx1, dy1, dx2, dy2)
+    is enlarged on the way (None: no limit); ``close_up_pass``: when a first pass finds
+    something large, look again at half the scale for faces too large for the detector to
+    find whole (detectors with a ``largest_face`` only); ``box_adjust``: (dx1, dy1, dx2, dy2)
     added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the
     coordinates of the frame given, clipped to it, best score first.
     Subclasses implement ``_detect(image, scale) -> (boxes, scores)`` in ``image`` pixels
     (``scale``: image size / frame size).
     """
     name = None
+    # The largest face (longest side, input pixels) the network finds whole; None: no limit.
+    largest_face = None
 
-    def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None, max_upscale=None):
+    def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None, max_upscale=None,
+                 close_up_pass=False):
         if confidence is None:
             confidence = DEFAULT_CONFIDENCE
         if not 0 <= float(confidence) <= 1:
@@ -90,6 +162,9 @@ class Detector(object):
         if max_upscale is not None and not float(max_upscale) >= 1:
             raise ConfigError("detector max_upscale %r: need >= 1 (1: never enlarge), or null for no "
                               "limit" % (max_upscale,))
+        if close_up_pass and self.largest_face is None:
+            raise ConfigError("detector close_up_pass: the %s detector has no largest face to look "
+                              "again for" % self.name)
         if box_adjust is not None and len(box_adjust) != 4:
             raise ConfigError("detector box_adjust %r: need four numbers (dx1, dy1, dx2, dy2) "
                               "or null" % (box_adjust,))
@@ -99,16 +174,30 @@ class Detector(object):
         self.nms_iou = float(nms_iou)
         self.input_size = None if input_size is None else int(input_size)
         self.max_upscale = None if max_upscale is None else float(max_upscale)
+        self.close_up_pass = bool(close_up_pass)
 
     def __repr__(self):
-        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s max_upscale=%s>" % (
-            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size, self.max_upscale)
+        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s max_upscale=%s close_up_pass=%s>" % (
+            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size, self.max_upscale,
+            self.close_up_pass)
 
     def detect(self, frame_bgr):
         """Faces in one BGR frame: (boxes float32 Nx4 xyxy pixels, scores float32 N)."""
         frame = check_frame(frame_bgr)
-        h, w = frame.shape[:2]
         image = self.scaled(frame)
+        boxes, scores = self._detect_frame(frame, image)
+        scale = float(image.shape[1]) / frame.shape[1]
+        if self.close_up_pass and len(scores) and sides(boxes).max() * scale >= self.largest_face * CLOSE_UP_TRIGGER:
+            # Something large: look again at half the scale for a face too large to be found whole.
+            whole, whole_scores = self._detect_frame(frame, resized(frame, scale / 2))
+            large = sides(whole) * scale >= self.largest_face * CLOSE_UP_MIN
+            boxes, scores = merge_close_ups(boxes, scores, whole[large], whole_scores[large], self.nms_iou,
+                                            self.largest_face * CLOSE_UP_TRIGGER / scale)
+        return boxes, scores
+
+    def _detect_frame(self, frame, image):
+        """Detect on ``image`` (``frame`` resized), post-processed in ``frame``'s coordinates."""
+        h, w = frame.shape[:2]
         boxes, scores = self._detect(image, float(image.shape[1]) / w)
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         scores = np.asarray(scores, np.float32).reshape(-1)
@@ -122,15 +211,10 @@ class Detector(object):
         enlarged by at most ``max_upscale``."""
         if self.input_size is None:
             return frame
-        h, w = frame.shape[:2]
-        scale = float(self.input_size) / max(h, w)
+        scale = float(self.input_size) / max(frame.shape[:2])
         if self.max_upscale is not None:
             scale = min(scale, self.max_upscale)
-        if abs(scale - 1) < 1e-3:
-            return frame
-        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        # Area averaging when shrinking keeps small faces from aliasing away.
-        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        return resized(frame, scale)
 
     def postprocess(self, boxes, scores, width, height):
         """Clip to the frame, apply confidence and size limits, then NMS; best first."""

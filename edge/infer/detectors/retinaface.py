@@ -26,6 +26,7 @@ its ``Shape`` nodes are dynamic).
 import logging
 import os
 
+import cv2
 import numpy as np
 
 from edge.common import PACKAGE_ROOT
@@ -41,6 +42,7 @@ from .retinaface_format import (  # noqa: F401 (re-exported: training and tests 
     BOX_ADJUST,
     MEAN_BGR,
     METADATA_KIND,
+    SMALLEST_INPUT,
     STRIDES,
     VARIANCE_CENTER,
     VARIANCE_SIZE,
@@ -87,12 +89,13 @@ class RetinaFaceDetector(Detector):
     available, else CPU). ``backend`` and ``fallback`` say what runs, and why.
     """
     name = "retinaface"
+    largest_face = max(max(sizes) for sizes in ANCHOR_SIZES)
     fallback = None
     anchor_confidence = None
 
     def __init__(self, models_dir, model=None, input_size=960, threads=1, providers=None,
                  box_adjust="model", anchor_confidence="model", backend="auto", engine_cache=None, verify_faces=None,
-                 max_upscale=MAX_UPSCALE, **common):
+                 max_upscale=MAX_UPSCALE, close_up_pass=True, **common):
         if backend not in BACKENDS:
             raise ConfigError("detector backend %r: accepted %s" % (backend, ", ".join(BACKENDS)))
         path = model_file(*os.path.split(model or SHIPPED_MODEL), detector=self.name, command=(
@@ -105,7 +108,7 @@ class RetinaFaceDetector(Detector):
         adjust = check_metadata(path, props)
         if common.get("confidence", 0.5) is None:  # no setting: the file's own operating point
             common["confidence"] = operating_point(path, props)
-        Detector.__init__(self, input_size=input_size, max_upscale=max_upscale,
+        Detector.__init__(self, input_size=input_size, max_upscale=max_upscale, close_up_pass=close_up_pass,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
         self.anchor_confidence = anchor_floors(path, props) if anchor_confidence == "model" else anchor_confidence
         if backend == "auto" and tensorrt_available():
@@ -152,6 +155,12 @@ class RetinaFaceDetector(Detector):
         return self._anchors[key]
 
     def _detect(self, image, scale):
+        if min(image.shape[:2]) < SMALLEST_INPUT:
+            # A sliver of a photo: padded below and to the right (boxes keep their coordinates),
+            # since the TensorRT engine's profile starts at 32 px a side.
+            image = cv2.copyMakeBorder(image, 0, max(0, SMALLEST_INPUT - image.shape[0]), 0,
+                                       max(0, SMALLEST_INPUT - image.shape[1]), cv2.BORDER_CONSTANT,
+                                       value=[int(round(v)) for v in MEAN_BGR])
         h, w = image.shape[:2]
         loc, conf = self.session.run(self.outputs, {"input": to_blob(image)})
         loc, scores = loc[0], conf[0, :, 1]
@@ -175,7 +184,8 @@ class WiderRetinaFaceDetector(RetinaFaceDetector):
     name = "retinaface-wider"
 
     def __init__(self, models_dir, input_size=960, threads=1, providers=None, box_adjust=BOX_ADJUST,
-                 max_upscale=MAX_UPSCALE, **common):
-        Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, max_upscale=max_upscale, **common)
+                 max_upscale=MAX_UPSCALE, close_up_pass=True, **common):
+        Detector.__init__(self, input_size=input_size, box_adjust=box_adjust, max_upscale=max_upscale,
+                          close_up_pass=close_up_pass, **common)
         self._open(model_file(models_dir, ONNX_FILE, self.name), threads, providers,
                    "run `make models` to provision it again, or use --detector ssd|haar")

@@ -22,6 +22,9 @@ STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 LARGEST_ANCHOR = ANCHOR_SIZES[-1][-1]  # px: the anchors a calibrated file may raise the floor of
 VARIANCE_CENTER, VARIANCE_SIZE = 0.1, 0.2
+# The smallest input side (px) the network is run on, in both backends (the TensorRT engine's
+# profile starts there); a thinner image is padded.
+SMALLEST_INPUT = 32
 
 
 def to_blob(image_bgr):

@@ -36,10 +36,17 @@ from edge.infer.classify.engine import (
 from edge.infer.classify.onnx_meta import read_metadata_props
 from edge.infer.classify.sidecar import check_sidecar, read_sidecar
 from edge.infer.classify.trt import TrtRunner, gpu_name, import_pycuda, import_tensorrt
-from edge.infer.detectors.retinaface_format import METADATA_KIND, anchors_for, check_metadata, decode, to_blob
+from edge.infer.detectors.retinaface_format import (
+    METADATA_KIND,
+    SMALLEST_INPUT,
+    anchors_for,
+    check_metadata,
+    decode,
+    to_blob,
+)
 
 KIND = METADATA_KIND  # the sidecar's kind: the same name as the export's metadata
-MIN_SIDE = 32
+MIN_SIDE = SMALLEST_INPUT
 CANDIDATE = 0.3  # anchors either runtime scores at least this are compared (the default confidence)
 SCORE_TOLERANCE = 0.05  # FP16 moves a face score by a few thousandths; a broken engine by far more
 MIN_AGREE = 0.99  # of the candidates within the tolerance
