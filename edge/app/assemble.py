@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 FALLBACK_FPS = 30.0
 
 
-def build_analyzer(config, timer=None):
+def build_analyzer(config, timer=None, still=False):
     """Load the detector and classifier named in ``config`` into a FaceAnalyzer.
+
+    ``still``: for still photos, where ``detector.flip_pass`` null means on (for video, off).
 
     A TensorRT engine built on first use is checked on the face crops shipped beside the
     model and reports its progress through this module's logger.
@@ -50,10 +52,11 @@ def build_analyzer(config, timer=None):
                           "(detector.name is %s)" % det["name"])
     if det["name"] in ("retinaface", "retinaface-wider"):  # the others search every scale anyway
         options["close_up_pass"] = det["close_up_pass"]
+    flip_pass = still if det["flip_pass"] is None else det["flip_pass"]
     # models_dir None: the detectors' default ($MASKGATE_DETECTORS, else models/detectors).
     detector = create_detector(det["name"], models_dir=resolve_path(det["models_dir"]),
                                confidence=det["confidence"], min_size=det["min_size"],
-                               nms_iou=det["nms_iou"], **options)
+                               nms_iou=det["nms_iou"], flip_pass=flip_pass, **options)
     classifier = load_classifier(model, backend=clf["backend"], max_batch=clf["max_batch"],
                                  engine_cache=clf["engine_cache"], verify_images=faces,
                                  log=log.info)

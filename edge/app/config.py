@@ -125,6 +125,8 @@ SCHEMA = [
       minimum=1.0, nullable=True),
     S("detector.close_up_pass", "bool", "--close-up-pass",
       "look again at half the scale for a face too large to be found whole (retinaface)"),
+    S("detector.flip_pass", "bool", "--flip-pass",
+      "also look at each frame's mirror image (null: still photos only)", nullable=True),
     S("detector.nms_iou", "float", "--nms-iou", "NMS IoU", minimum=0.0, maximum=1.0),
     S("detector.every", "int", "--detect-every", "detect every N frames", minimum=1),
     S("detector.scene_cut", "float", "--scene-cut", "picture change that forces a detection",
@@ -355,7 +357,7 @@ def add_arguments(parser, sections=None, exclude=()):
         default = current[setting.key]
         if setting.kind == "bool":
             text = "%s (default %s; off: --no-%s; config: %s)" % (
-                setting.help, "on" if default else "off", setting.flag[2:], setting.key)
+                setting.help, "null" if default is None else "on" if default else "off", setting.flag[2:], setting.key)
             group.add_argument(setting.flag, dest=dest, action="store_const", const=True,
                                default=argparse.SUPPRESS, help=text)
             group.add_argument("--no-" + setting.flag[2:], dest=dest, action="store_const",

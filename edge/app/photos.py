@@ -66,7 +66,8 @@ def run(config, should_stop=None):
     saver = FaceSaver(config["events"]["faces_dir"]) if config["events"]["save_faces"] else None
     results = collections.OrderedDict()
     totals = count_labels([])
-    analyzer = build_analyzer(dict(config, baseline=False))
+    analyzer = build_analyzer(dict(config, baseline=False), still=True)
+    log.info("still photos: %r", analyzer.detector)  # which passes run (the flip pass: photos only by default)
     source = open_source(config["input"])
     try:
         for name, image, faces in analyze_images(analyzer, source, should_stop):

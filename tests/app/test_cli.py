@@ -138,6 +138,7 @@ def test_still_photo_mode_on_a_folder(tmp_path, model_path):
     for name in names:
         assert (out / name).stat().st_size > 1000
     assert "skipping" in done.stderr and "broken.jpg" in done.stderr
+    assert "flip_pass=True" in done.stderr  # both views of a still photo (detector.flip_pass null)
 
 
 def test_single_photo_faces_to_stdout(model_path):

@@ -495,3 +495,50 @@ def test_a_sliver_of_a_photo_reaches_the_network_at_32_px_a_side_at_least():
     boxes, _ = detector.detect(strip)
     assert shapes == [(1, 3, 32, 800)]  # 24 x 800 padded to 32 rows
     assert ((boxes[:, 2] <= 200) & (boxes[:, 3] <= 6)).all()
+
+
+def test_two_views_merged_by_hand():
+    from edge.infer.detectors.base import merge_views
+    both = np.array([[10, 10, 50, 50], [100, 100, 120, 120]], np.float32)
+    mirrored = np.array([[12, 10, 52, 50], [200, 10, 230, 40]], np.float32)
+    boxes, scores = merge_views(both, np.array([0.9, 0.6], np.float32), mirrored, np.array([0.7, 0.8], np.float32), 0.4)
+    by_score = dict(zip([round(float(v), 3) for v in scores], boxes.tolist()))
+    # Seen in both: the mean score, the score-weighted mean box; seen in one: half its score.
+    assert sorted(by_score) == [0.3, 0.4, 0.8]
+    assert by_score[0.8] == pytest.approx([10 + 2 * 0.7 / 1.6, 10, 50 + 2 * 0.7 / 1.6, 50])
+    assert by_score[0.4] == [200, 10, 230, 40] and by_score[0.3] == [100, 100, 120, 120]
+    empty_boxes, empty_scores = merge_views(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.4)
+    assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+def test_the_flip_pass_sees_a_scene_and_its_mirror_image_alike():
+    """With both views merged, a real crowd scene and its mirror image give mirrored faces; each
+    view reports down to half the confidence, and the merged faces hold the confidence."""
+    need_data()
+    need_models()
+    image = cv2.imread(os.path.join(DATA, "images", SCENES[2] + ".jpg"))
+    detector = create_detector("retinaface", confidence=None, min_size=8, flip_pass=True)
+    assert detector.pass_confidence == pytest.approx(detector.confidence / 2)
+    boxes, scores = detector.detect(image)
+    mirror_boxes, mirror_scores = detector.detect(np.ascontiguousarray(image[:, ::-1]))
+    width = image.shape[1]
+    unmirrored = np.stack([width - mirror_boxes[:, 2], mirror_boxes[:, 1], width - mirror_boxes[:, 0],
+                           mirror_boxes[:, 3]], 1)
+    assert len(boxes) >= 3 and (scores >= detector.confidence).all()
+    order, mirror_order = np.lexsort(boxes.T[::-1]), np.lexsort(unmirrored.T[::-1])
+    assert np.allclose(boxes[order], unmirrored[mirror_order], atol=0.01)
+    assert np.allclose(scores[order], mirror_scores[mirror_order], atol=1e-5)
+
+
+def test_the_flip_pass_setting_is_on_for_still_photos_only_unless_set():
+    from edge.app import config as edge_config
+    from edge.app.assemble import build_analyzer
+    config = edge_config.load()
+    assert config["detector"]["flip_pass"] is None
+    assert not build_analyzer(config).detector.flip_pass
+    assert build_analyzer(config, still=True).detector.flip_pass
+    forced = edge_config.load(overrides={"detector.flip_pass": True})
+    assert build_analyzer(forced).detector.flip_pass
+    off = edge_config.load(overrides={"detector.flip_pass": False})
+    assert not build_analyzer(off, still=True).detector.flip_pass

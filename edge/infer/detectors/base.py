@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.infer.track import iou_matrix
+from edge.infer.track import greedy_match, iou_matrix
 
 # The confidence of a detector run without one (detector.confidence: null) whose file names
 # no operating point of its own (the fine-tuned RetinaFace's does: retinaface_format).
@@ -126,6 +126,34 @@ def merge_close_ups(boxes, scores, whole, whole_scores, nms_iou, min_holder):
     return boxes[~part][order], scores[~part][order]
 
 
+# The flip pass (Detector(flip_pass=True)): a face seen in one view only keeps this share of its
+# score, so that each view is run down to this share of the confidence.
+ONE_VIEW_SHARE = 0.5
+# Boxes of the two views overlapping this much are one face.
+SAME_FACE_IOU = 0.4
+
+
+def merge_views(boxes, scores, mirrored, mirrored_scores, nms_iou):
+    """Detections of a frame and of its mirror image (boxes already mapped back) as one set.
+
+    A face found in both views gets their score-weighted mean box and their mean score; one
+    found in a single view keeps ``ONE_VIEW_SHARE`` of its score (the other view gave it
+    nothing), which is what holds back the false alarms only one view makes. NMS at
+    ``nms_iou`` last; best score first.
+    """
+    pairs = greedy_match(iou_matrix(boxes, mirrored), SAME_FACE_IOU)
+    paired, mirrored_paired = [i for i, _ in pairs], [j for _, j in pairs]
+    a, b = scores[paired][:, None], mirrored_scores[mirrored_paired][:, None]
+    mean_boxes = (boxes[paired] * a + mirrored[mirrored_paired] * b) / np.maximum(a + b, 1e-9)
+    alone = np.setdiff1d(np.arange(len(scores)), paired)
+    mirrored_alone = np.setdiff1d(np.arange(len(mirrored_scores)), mirrored_paired)
+    out_boxes = np.concatenate([mean_boxes.reshape(-1, 4), boxes[alone], mirrored[mirrored_alone]]).astype(np.float32)
+    out_scores = np.concatenate([((a + b) / 2).reshape(-1), scores[alone] * ONE_VIEW_SHARE,
+                                 mirrored_scores[mirrored_alone] * ONE_VIEW_SHARE]).astype(np.float32)
+    keep = nms(out_boxes, out_scores, nms_iou)
+    return out_boxes[keep], out_scores[keep]
+
+
 class Detector(object):
     """A face detector: ``detect(frame_bgr) -> (boxes Nx4 xyxy float32 pixels, scores N)``.
 
@@ -136,7 +164,9 @@ class Detector(object):
     detector sees it, None for the frame's own size; ``max_upscale``: the most a small frame
     is enlarged on the way (None: no limit); ``close_up_pass``: when a first pass finds
     something large, look again at half the scale for faces too large for the detector to
-    find whole (detectors with a ``largest_face`` only); ``box_adjust``: (dx1, dy1, dx2, dy2)
+    find whole (detectors with a ``largest_face`` only); ``flip_pass``: look at the frame's
+    mirror image too and merge the two views (``merge_views``: twice the time, for still
+    photos); ``box_adjust``: (dx1, dy1, dx2, dy2)
     added to each box's sides in units of its width/height, None for the raw boxes. Boxes always come back in the
     coordinates of the frame given, clipped to it, best score first.
     Subclasses implement ``_detect(image, scale) -> (boxes, scores)`` in ``image`` pixels
@@ -147,7 +177,7 @@ class Detector(object):
     largest_face = None
 
     def __init__(self, confidence=0.5, min_size=10, nms_iou=0.4, input_size=None, box_adjust=None, max_upscale=None,
-                 close_up_pass=False):
+                 close_up_pass=False, flip_pass=False):
         if confidence is None:
             confidence = DEFAULT_CONFIDENCE
         if not 0 <= float(confidence) <= 1:
@@ -175,15 +205,30 @@ class Detector(object):
         self.input_size = None if input_size is None else int(input_size)
         self.max_upscale = None if max_upscale is None else float(max_upscale)
         self.close_up_pass = bool(close_up_pass)
+        self.flip_pass = bool(flip_pass)
+        # The lowest score each pass reports: with two views, a face seen in one only is halved.
+        self.pass_confidence = self.confidence * (ONE_VIEW_SHARE if self.flip_pass else 1.0)
 
     def __repr__(self):
-        return "<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s max_upscale=%s close_up_pass=%s>" % (
-            self.name, self.confidence, self.min_size, self.nms_iou, self.input_size, self.max_upscale,
-            self.close_up_pass)
+        return ("<%s detector confidence=%g min_size=%g nms_iou=%g input_size=%s max_upscale=%s close_up_pass=%s "
+                "flip_pass=%s>" % (self.name, self.confidence, self.min_size, self.nms_iou, self.input_size,
+                                   self.max_upscale, self.close_up_pass, self.flip_pass))
 
     def detect(self, frame_bgr):
         """Faces in one BGR frame: (boxes float32 Nx4 xyxy pixels, scores float32 N)."""
         frame = check_frame(frame_bgr)
+        boxes, scores = self._look(frame)
+        if self.flip_pass:
+            width = frame.shape[1]
+            mirrored, mirrored_scores = self._look(np.ascontiguousarray(frame[:, ::-1]))
+            mirrored = np.stack([width - mirrored[:, 2], mirrored[:, 1], width - mirrored[:, 0], mirrored[:, 3]], 1)
+            boxes, scores = merge_views(boxes, scores, mirrored.reshape(-1, 4), mirrored_scores, self.nms_iou)
+            keep = scores >= self.confidence
+            boxes, scores = boxes[keep], scores[keep]
+        return boxes, scores
+
+    def _look(self, frame):
+        """One view of a checked frame: the detector's pass (and the close-up pass where set)."""
         image = self.scaled(frame)
         boxes, scores = self._detect_frame(frame, image)
         scale = float(image.shape[1]) / frame.shape[1]
@@ -217,7 +262,7 @@ class Detector(object):
         return resized(frame, scale)
 
     def postprocess(self, boxes, scores, width, height):
-        """Clip to the frame, apply confidence and size limits, then NMS; best first."""
+        """Clip to the frame, apply the pass's confidence and the size limit, then NMS; best first."""
         if not len(scores):
             return empty()
         boxes = boxes.copy()
@@ -227,7 +272,7 @@ class Detector(object):
         np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        ok = (scores >= self.confidence) & (bw > 0) & (bh > 0) & (np.maximum(bw, bh) >= self.min_size)
+        ok = (scores >= self.pass_confidence) & (bw > 0) & (bh > 0) & (np.maximum(bw, bh) >= self.min_size)
         boxes, scores = boxes[ok], scores[ok]
         keep = nms(boxes, scores, self.nms_iou)
         return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)

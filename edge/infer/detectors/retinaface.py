@@ -151,7 +151,7 @@ class RetinaFaceDetector(Detector):
         key = (height, width)
         if key not in self._anchors:
             anchors = anchors_for(height, width)  # one frame size at a time
-            self._anchors = {key: (anchors, min_scores(anchors, self.confidence, self.anchor_confidence))}
+            self._anchors = {key: (anchors, min_scores(anchors, self.pass_confidence, self.anchor_confidence))}
         return self._anchors[key]
 
     def _detect(self, image, scale):

@@ -53,7 +53,7 @@ class SsdDetector(Detector):
         blob = cv2.dnn.blobFromImage(image, 1.0, size, MEAN_BGR, swapRB=False, crop=False)
         self.net.setInput(blob)
         out = self.net.forward().reshape(-1, 7)  # [image, class, score, x1, y1, x2, y2]
-        out = out[out[:, 2] >= self.confidence]
+        out = out[out[:, 2] >= self.pass_confidence]
         if not len(out):
             return empty()
         # Corners are fractions of the (resized) input, hence of the frame.
