@@ -18,10 +18,15 @@ from edge.app import overlay
 from edge.app.assemble import build_analyzer, input_path
 from edge.app.events import FaceSaver
 from edge.errors import ConfigError
-from edge.infer.faces import count_labels
+from edge.infer.faces import Face, count_labels
 from edge.io.sources import open_source
 
 log = logging.getLogger(__name__)
+
+# Annotated copies of smaller photos are drawn enlarged to this long side (px), so that the
+# labels and the status line stay legible without covering the faces (fmd's and webcam
+# photos are 100-300 px); faces.json keeps the photo's own coordinates.
+MIN_DRAWN_SIDE = 640
 
 
 def output_folder(config):
@@ -37,6 +42,16 @@ def face_record(face):
     record = face.to_dict()
     record.pop("track")
     return record
+
+
+def for_drawing(image, faces):
+    """(image, faces) enlarged to ``MIN_DRAWN_SIDE`` where the photo is smaller; else as they are."""
+    scale = float(MIN_DRAWN_SIDE) / max(image.shape[:2])
+    if scale <= 1:
+        return image, faces
+    size = (int(round(image.shape[1] * scale)), int(round(image.shape[0] * scale)))
+    enlarged = [Face(f.box * scale, f.det_score, f.probs, f.label, f.score, f.track) for f in faces]
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC), enlarged
 
 
 def analyze_images(analyzer, source, should_stop=None):
@@ -79,8 +94,8 @@ def run(config, should_stop=None):
                 for face in faces:
                     saver.save(image, face, len(results))
             if folder:
-                drawn = overlay.draw(image, faces, None, counts, blur=config["overlay"]["blur_faces"],
-                                     boxes=config["overlay"]["enabled"])
+                drawn = overlay.draw(*for_drawing(image, faces), fps=None, counts=counts,
+                                     blur=config["overlay"]["blur_faces"], boxes=config["overlay"]["enabled"])
                 path = os.path.join(folder, name)
                 if not cv2.imwrite(path, drawn):
                     log.error("could not write %s", path)

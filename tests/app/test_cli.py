@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import pytest
 
 from conftest import ROOT, data_path
@@ -139,6 +140,22 @@ def test_still_photo_mode_on_a_folder(tmp_path, model_path):
         assert (out / name).stat().st_size > 1000
     assert "skipping" in done.stderr and "broken.jpg" in done.stderr
     assert "flip_pass=True" in done.stderr  # both views of a still photo (detector.flip_pass null)
+
+
+def test_a_small_photo_is_drawn_enlarged_and_its_faces_keep_its_coordinates(tmp_path, model_path):
+    """A 100 px webcam photo: the annotated copy is drawn at 640 px, so that the status line
+    and the label do not cover the face; faces.json holds the photo's own pixels."""
+    need_detector()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(data_path("bijoy_webcam", "with_mask", "4283.jpg"), str(folder / "webcam.jpg"))
+    out = tmp_path / "annotated"
+    done = run_edge(folder, out, "--model", model_path, "--backend", "ort")
+    assert done.returncode == 0, done.stderr
+    drawn = cv2.imread(str(out / "webcam.jpg"))
+    assert drawn.shape[:2] == (640, 640)
+    faces = json.loads((out / "faces.json").read_text())["webcam.jpg"]
+    assert faces and all(0 <= v <= 100 for face in faces for v in face["box"])
 
 
 def test_single_photo_faces_to_stdout(model_path):
