@@ -69,7 +69,7 @@ class TorchRetinaFace(Detector):
             loc, conf, _ = self.net(torch.from_numpy(preprocess(image)))
         loc = loc[0].numpy()
         scores = torch.softmax(conf[0], dim=-1)[:, 1].numpy()
-        idx = np.nonzero(scores >= self.confidence)[0]
+        idx = np.nonzero(scores >= self.pass_confidence)[0]
         if not len(idx):
             return empty()
         return decode(loc[idx], anchors_for(h, w)[idx]), scores[idx]
