@@ -14,8 +14,8 @@ import numpy as np
 from edge.infer.faces import decide
 
 
-def iou_matrix(a, b):
-    """Pairwise IoU of xyxy boxes ``a`` (N x 4) and ``b`` (M x 4) -> N x M float32."""
+def _intersections(a, b):
+    """(pairwise intersection areas N x M, areas of ``a``, areas of ``b``) of xyxy boxes."""
     a = np.asarray(a, np.float32).reshape(-1, 4)
     b = np.asarray(b, np.float32).reshape(-1, 4)
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -25,8 +25,20 @@ def iou_matrix(a, b):
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
     area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    return inter, area_a, area_b
+
+
+def iou_matrix(a, b):
+    """Pairwise IoU of xyxy boxes ``a`` (N x 4) and ``b`` (M x 4) -> N x M float32."""
+    inter, area_a, area_b = _intersections(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
+
+
+def contained(a, b):
+    """Pairwise share of each box of ``a`` (N x 4) lying inside each box of ``b`` (M x 4) -> N x M."""
+    inter, area_a, _ = _intersections(a, b)
+    return inter / np.maximum(area_a[:, None], 1e-9)
 
 
 def greedy_match(ious, threshold):

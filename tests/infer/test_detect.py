@@ -372,12 +372,17 @@ CLOSE_UPS = ["without_mask/0_0_dongchengpeng_0016.jpg", "without_mask/0_0_songzu
              "without_mask/1_0_qiqi_0083.jpg"]
 
 
-@pytest.mark.parametrize("name", CLOSE_UPS)
-def test_a_small_photo_of_one_face_is_not_enlarged_past_the_largest_anchors(name):
+def fmd_photo(name):
+    """One of fmd's photos (BGR), or a skip saying it is absent."""
     path = os.path.join(SHARED_DATA, "fmd", name)
     if not os.path.isfile(path):
         pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % path)
-    image = cv2.imread(path)
+    return cv2.imread(path)
+
+
+@pytest.mark.parametrize("name", CLOSE_UPS)
+def test_a_small_photo_of_one_face_is_not_enlarged_past_the_largest_anchors(name):
+    image = fmd_photo(name)
     capped = create_detector("retinaface")
     assert capped.max_upscale == 4.0
     boxes, _ = capped.detect(image)
@@ -412,15 +417,12 @@ LARGE_CLOSE_UPS = ["with_mask/with_mask101.jpg", "with_mask/0_0_0073OyrFly1gbeb2
 
 @pytest.mark.parametrize("name", LARGE_CLOSE_UPS)
 def test_a_face_too_large_for_the_anchors_is_found_whole_by_the_close_up_pass(name):
-    path = os.path.join(SHARED_DATA, "fmd", name)
-    if not os.path.isfile(path):
-        pytest.skip("%s is absent (the shared data set; set MASKGATE_DATA)" % path)
-    image = cv2.imread(path)
+    image = fmd_photo(name)
     parts, _ = create_detector("retinaface", confidence=None, close_up_pass=False).detect(image)
     assert len(parts) >= 2  # what the pass mends
     boxes, scores = create_detector("retinaface", confidence=None).detect(image)
     assert len(boxes) == 1 and scores[0] >= 0.5
-    from edge.infer.detectors.base import contained
+    from edge.infer.track import contained
     assert (contained(parts, boxes) >= 0.6).all()  # the face whose parts were boxed
 
 

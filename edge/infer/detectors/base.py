@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.infer.track import greedy_match, iou_matrix
+from edge.infer.track import contained, greedy_match, iou_matrix
 
 # The confidence of a detector run without one (detector.confidence: null) whose file names
 # no operating point of its own (the fine-tuned RetinaFace's does: retinaface_format).
@@ -86,19 +86,6 @@ CLOSE_UP_MIN = 0.75
 # mask, half a face. A low-scored large box is more often a false alarm around real faces.
 PART_INSIDE = 0.6
 HOLDER_SCORE = 0.5
-
-
-def contained(a, b):
-    """Pairwise share of each box of ``a`` (N x 4) lying inside each box of ``b`` (M x 4): N x M."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    return inter / np.maximum(area_a[:, None], 1e-9)
 
 
 def merge_close_ups(boxes, scores, whole, whole_scores, nms_iou, min_holder):
