@@ -434,6 +434,35 @@ def test_calibration_raises_the_coarse_floor_where_it_pays_and_the_edge_reads_it
     assert detector.anchor_confidence == {512: 0.9} and detector.confidence == pytest.approx(point["confidence"])
 
 
+def test_the_flip_pass_gets_its_own_calibrated_confidence_and_the_edge_reads_it(scenes, tmp_path):
+    """Both views merged score faces otherwise than one view; ``--flip-only`` chooses their
+    confidence on val at the file's floor and keeps the rest of the file's operating point."""
+    from edge.infer.detect import create_detector
+    from edge.infer.detectors.retinaface import SHIPPED_MODEL
+    from train.detector.calibrate import file_point, main
+    kaggle = tmp_path / "kaggle853"  # three real val scenes, named as the set
+    (kaggle / "images").mkdir(parents=True)
+    (kaggle / "annotations").mkdir()
+    rows = ["image,split"]
+    for scene in [s for s in scenes["val"] if len(s.boxes) >= 4][:3]:
+        name = os.path.basename(scene.path)
+        shutil.copy(scene.path, str(kaggle / "images" / name))
+        shutil.copy(scene.path.replace(os.sep + "images" + os.sep, os.sep + "annotations" + os.sep)
+                    .rsplit(".", 1)[0] + ".xml", str(kaggle / "annotations"))
+        rows.append("%s,val" % name)
+    (kaggle / "splits.csv").write_text("\n".join(rows) + "\n")
+    out = str(tmp_path / "flip.onnx")
+    main([SHIPPED_MODEL, "--data", str(kaggle), "--flip-only", "--out", out])
+    before, floor = file_point(SHIPPED_MODEL)
+    after, after_floor = file_point(out)
+    assert after_floor == floor and after["confidence"] == before["confidence"]  # the rest kept
+    assert after["flip_calibration"]["anchor_confidence"] == floor
+    assert 0.3 <= after["flip_confidence"] <= 1
+    assert create_detector("retinaface", confidence=None, model=out, flip_pass=True).confidence == \
+        pytest.approx(after["flip_confidence"])
+    assert create_detector("retinaface", confidence=None, model=out).confidence == pytest.approx(before["confidence"])
+
+
 def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidates(onnx_path, kaggle, capsys):
     from train.detector.calibrate import main
     with pytest.raises(SystemExit, match="has no face-detector metadata") as err:

@@ -18,7 +18,10 @@ scored them; the candidate with the highest pooled recall within ``--fp-budget``
 positives per image wins (ties: the lowest), and the confidence that keeps the pooled val
 false positives within budget with it becomes the operating point. Both are written into
 the file's ``operating_point`` metadata (``confidence``, ``anchor_confidence``), with every
-candidate's scores, which the edge reads; the weights are not touched.
+candidate's scores, which the edge reads; the weights are not touched. At the chosen floor the
+same is done for both views merged (the flip pass of still photos, ``Detector(flip_pass=True)``,
+whose scores are distributed otherwise): its confidence becomes ``flip_confidence``.
+``--flip-only`` keeps the file's operating point and adds (or renews) only that.
 """
 import argparse
 import json
@@ -28,21 +31,29 @@ import onnx
 from tqdm import tqdm
 
 from edge.errors import ModelError
+from edge.infer.classify.onnx_meta import read_metadata_props
 from edge.infer.detectors.base import DEFAULT_CONFIDENCE
 from edge.infer.detectors.retinaface import RetinaFaceDetector
-from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR
+from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR, anchor_floors
 from train.detector.engine import operating_point
-from train.detector.evaluate import FP_BUDGET, FaceScores, edge_settings, evaluate_scenes, model_convention
+from train.detector.evaluate import (
+    FP_BUDGET,
+    FaceScores,
+    edge_settings,
+    evaluate_scenes,
+    model_convention,
+)
 
 CALIBRATED_ANCHOR = LARGEST_ANCHOR  # 512 px, stride 32
 CANDIDATES = (None, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
-def score_candidates(model, sets, candidates=CANDIDATES, fp_budget=FP_BUDGET, threads=2, split="val"):
+def score_candidates(model, sets, candidates=CANDIDATES, fp_budget=FP_BUDGET, threads=2, split="val",
+                     flip_pass=False):
     """[(candidate, operating point of ``engine.operating_point``, {source or "pooled":
     FaceScores.result()})] for each lowest score at the 512 px anchors (None: no floor), scored
-    on ``sets[source][split]``."""
-    settings = dict(edge_settings(), confidence=DEFAULT_CONFIDENCE)
+    on ``sets[source][split]``; ``flip_pass``: both views merged."""
+    settings = dict(edge_settings(), confidence=DEFAULT_CONFIDENCE, flip_pass=flip_pass)
     to_source = (model_convention(model) or {}).get("to_source", {})
     total = len(candidates) * sum(len(split_sets[split]) for split_sets in sets.values())
     out = []
@@ -87,6 +98,24 @@ def calibrated_point(scored, split):
     return point
 
 
+def with_flip_point(point, flip_scored):
+    """``point`` with the flip pass's confidence (``score_candidates(..., flip_pass=True)`` at
+    the point's floor) and how it was chosen."""
+    (floor, flip, results), = flip_scored
+    point = dict(point, flip_confidence=flip["confidence"])
+    point["flip_calibration"] = {"by": "python -m train.detector.calibrate", "anchor_confidence": floor,
+                                 "recall_at_budget": flip["recall_at_budget"],
+                                 "fp_per_image": results["pooled"]["fp_per_image"]}
+    return point
+
+
+def file_point(model):
+    """(the file's operating_point metadata, its floor at the 512 px anchors or None)."""
+    props = read_metadata_props(model)
+    point = json.loads(props.get("operating_point") or "{}")
+    return point, anchor_floors(model, props).get(CALIBRATED_ANCHOR)
+
+
 def write_point(model, point, out):
     """Copy ``model`` to ``out`` (may be the same file) with ``point`` as its operating_point."""
     proto = onnx.load(model)
@@ -108,6 +137,8 @@ def main(argv=None):
     p.add_argument("--fp-budget", type=float, default=FP_BUDGET)
     p.add_argument("--split", default="val")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flip-only", action="store_true",
+                   help="keep the file's operating point; choose only the flip pass's confidence at its floor")
     args = p.parse_args(argv)
     try:
         candidates = [None if c.strip() == "none" else float(c) for c in args.candidates.split(",")]
@@ -120,6 +151,15 @@ def main(argv=None):
     except ModelError as exc:
         raise SystemExit("calibrate: %s" % exc)
     sets, _ = load_sets(args.data)
+    out = args.out or args.model
+    if args.flip_only:
+        point, floor = file_point(args.model)
+        point = with_flip_point(point, score_candidates(args.model, sets, [floor], args.fp_budget, args.threads,
+                                                        args.split, flip_pass=True))
+        write_point(args.model, point, out)
+        print("%s: flip_confidence %s (both views; pooled %s recall %s within %g FP/image), the rest kept" % (
+            out, point["flip_confidence"], args.split, point["flip_calibration"]["recall_at_budget"], args.fp_budget))
+        return
     scored = score_candidates(args.model, sets, candidates, args.fp_budget, args.threads, args.split)
     print("%d px floor | confidence | %s recall within %g FP/image | FP/image at %g | of them >= 64 px"
           % (CALIBRATED_ANCHOR, args.split, args.fp_budget, DEFAULT_CONFIDENCE))
@@ -128,11 +168,14 @@ def main(argv=None):
             "none" if floor is None else floor, point["confidence"], point["recall_at_budget"],
             results["pooled"]["fp_per_image"], results["pooled"]["large_fp"]))
     point = calibrated_point(scored, args.split)
-    out = args.out or args.model
+    point = with_flip_point(point, score_candidates(args.model, sets, [choose(scored)[0]], args.fp_budget,
+                                                    args.threads, args.split, flip_pass=True))
     write_point(args.model, point, out)
-    print("%s: confidence %s, anchor_confidence %s (pooled %s recall %s within %g FP/image)" % (
-        out, point["confidence"], point.get("anchor_confidence", "none"), args.split,
-        point["recall_at_budget"], args.fp_budget))
+    print("%s: confidence %s, anchor_confidence %s (pooled %s recall %s within %g FP/image); both views: "
+          "flip_confidence %s (recall %s)" % (
+              out, point["confidence"], point.get("anchor_confidence", "none"), args.split,
+              point["recall_at_budget"], args.fp_budget, point["flip_confidence"],
+              point["flip_calibration"]["recall_at_budget"]))
 
 
 if __name__ == "__main__":

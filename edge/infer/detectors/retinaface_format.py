@@ -103,11 +103,14 @@ def check_metadata(path, props):
     return tuple(float(v) for v in convention.get("edge_box_adjust", BOX_ADJUST))
 
 
-def operating_point(path, props):
+def operating_point(path, props, flip_pass=False):
     """The confidence a fine-tuned export was chosen to run at (its ``operating_point``
     metadata: the lowest threshold that kept val false positives within the training's
-    budget per image), or None for a file that names none (exported before it was recorded)."""
-    confidence = _operating_point(path, props).get("confidence")
+    budget per image), or None for a file that names none (exported before it was recorded).
+    ``flip_pass``: the one chosen for both views merged (``flip_confidence``, still photos),
+    where the file names one; else the one view's."""
+    point = _operating_point(path, props)
+    confidence = point.get("flip_confidence") if flip_pass and "flip_confidence" in point else point.get("confidence")
     try:
         return None if confidence is None else float(confidence)
     except (ValueError, TypeError) as exc:
