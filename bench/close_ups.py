@@ -5,8 +5,8 @@ or down. Face-crop sets (fmd's photos, bijoy_webcam's frames: 100-200 px, one fa
 each) are what a new user tries first; enlarged without limit, such a face outgrows the
 largest anchors and the detector boxes its parts. For each limit (``--limits``; "none": no
 limit), without the close-up pass, then at the edge's default (4x, the close-up pass on: a
-second look at half the scale for a face too large to be found whole), the photos with 0, 1,
-2 and 3 or more faces found:
+second look at half the scale for a face too large to be found whole) and as still-photo mode
+runs (the flip pass too), the photos with 0, 1, 2 and 3 or more faces found:
 
     .venv/bin/python bench/close_ups.py [--data ../shared/data] [--per-folder 100] [--limits none,2,3,4,5]
     .venv/bin/python bench/close_ups.py --cost    # what the close-up pass costs where it is not needed
@@ -121,6 +121,7 @@ def main(argv=None):
              dict(max_upscale=None if limit == "none" else float(limit), close_up_pass=False))
             for limit in args.limits.split(",")]
     rows.append(("the edge's default (4x, close-up pass)", {}))
+    rows.append(("still-photo mode (+ the flip pass)", dict(flip_pass=True)))
     for name, options in rows:
         options.update(settings)
         counts = face_counts(create_detector(args.detector, **options), images)
