@@ -461,6 +461,12 @@ def test_the_flip_pass_gets_its_own_calibrated_confidence_and_the_edge_reads_it(
     assert create_detector("retinaface", confidence=None, model=out, flip_pass=True).confidence == \
         pytest.approx(after["flip_confidence"])
     assert create_detector("retinaface", confidence=None, model=out).confidence == pytest.approx(before["confidence"])
+    full = str(tmp_path / "full.onnx")  # a whole calibration chooses both points
+    main([SHIPPED_MODEL, "--data", str(kaggle), "--candidates", "none,0.95", "--out", full])
+    point, _ = file_point(full)
+    assert [c["anchor_confidence"] for c in point["calibration"]["candidates"]] == [None, 0.95]
+    assert point["flip_calibration"]["anchor_confidence"] == point.get("anchor_confidence", {}).get("512")
+    assert 0.3 <= point["flip_confidence"] <= 1
 
 
 def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidates(onnx_path, kaggle, capsys):
