@@ -132,21 +132,23 @@ def hud_parts(fps, counts):
 def _part_width(part, scale):
     """Pixels one HUD part takes at ``scale``: its text, and a swatch before a class's count."""
     text, colour = part
-    height = cv2.getTextSize(text, FONT, scale, 1)[0][1]
-    return cv2.getTextSize(text, FONT, scale, 1)[0][0] + (height + 4 if colour else 0)
+    width, height = cv2.getTextSize(text, FONT, scale, 1)[0]
+    return width + (height + 4 if colour else 0)
+
+
+def _line_width(parts, scale):
+    """Pixels ``parts`` take on one line at ``scale``, a gap between each two."""
+    gap = cv2.getTextSize("  ", FONT, scale, 1)[0][0]
+    return sum(_part_width(p, scale) for p in parts) + gap * (len(parts) - 1)
 
 
 def _hud_lines(parts, scale, room):
     """``parts`` in lines of at most ``room`` pixels (a part wider than that alone on its line)."""
-    gap = cv2.getTextSize("  ", FONT, scale, 1)[0][0]
-    lines, width = [[]], 0
+    lines = [[]]
     for part in parts:
-        needed = _part_width(part, scale) + (gap if lines[-1] else 0)
-        if lines[-1] and width + needed > room:
+        if lines[-1] and _line_width(lines[-1] + [part], scale) > room:
             lines.append([])
-            needed, width = _part_width(part, scale), 0
         lines[-1].append(part)
-        width += needed
     return lines
 
 
@@ -159,15 +161,15 @@ def draw_hud(image, fps, counts):
     parts = hud_parts(fps, counts)
     room = image.shape[1] - 12
     scale = max(0.45, image.shape[1] / 1600.0)
-    width = sum(_part_width(p, scale) for p in parts) + cv2.getTextSize("  ", FONT, scale, 1)[0][0] * (len(parts) - 1)
+    width = _line_width(parts, scale)
     if width > room:
         scale = max(0.3, scale * room / float(width))
     lines = _hud_lines(parts, scale, room)
     (gap, th), base = cv2.getTextSize("  ", FONT, scale, 1)
     line_height = th + base + 4
-    widths = [sum(_part_width(p, scale) for p in line) + gap * (len(line) - 1) for line in lines]
+    widest = max(_line_width(line, scale) for line in lines)
     # A dark band behind the text keeps it readable on any scene.
-    band = image[0:line_height * len(lines) + 4, 0:min(image.shape[1], max(widths) + 12)]
+    band = image[0:line_height * len(lines) + 4, 0:min(image.shape[1], widest + 12)]
     band[:] = (band * 0.35).astype(np.uint8)
     for row, line in enumerate(lines):
         x, y = 6, th + 4 + row * line_height

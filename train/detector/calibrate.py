@@ -34,7 +34,7 @@ from edge.errors import ModelError
 from edge.infer.classify.onnx_meta import read_metadata_props
 from edge.infer.detectors.base import DEFAULT_CONFIDENCE
 from edge.infer.detectors.retinaface import RetinaFaceDetector
-from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR, anchor_floors
+from edge.infer.detectors.retinaface_format import LARGEST_ANCHOR, anchor_floors, point_metadata
 from train.detector.engine import operating_point
 from train.detector.evaluate import (
     FP_BUDGET,
@@ -112,8 +112,7 @@ def with_flip_point(point, flip_scored):
 def file_point(model):
     """(the file's operating_point metadata, its floor at the 512 px anchors or None)."""
     props = read_metadata_props(model)
-    point = json.loads(props.get("operating_point") or "{}")
-    return point, anchor_floors(model, props).get(CALIBRATED_ANCHOR)
+    return point_metadata(model, props), anchor_floors(model, props).get(CALIBRATED_ANCHOR)
 
 
 def write_point(model, point, out):

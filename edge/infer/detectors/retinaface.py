@@ -41,6 +41,7 @@ from .files import model_file
 from .retinaface_format import (  # noqa: F401 (re-exported: training and tests import them from here)
     ANCHOR_SIZES,
     BOX_ADJUST,
+    LARGEST_ANCHOR,
     MEAN_BGR,
     METADATA_KIND,
     SMALLEST_INPUT,
@@ -90,7 +91,7 @@ class RetinaFaceDetector(Detector):
     available, else CPU). ``backend`` and ``fallback`` say what runs, and why.
     """
     name = "retinaface"
-    largest_face = max(max(sizes) for sizes in ANCHOR_SIZES)
+    largest_face = LARGEST_ANCHOR
     fallback = None
     anchor_confidence = None
 

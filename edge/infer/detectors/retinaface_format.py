@@ -109,7 +109,7 @@ def operating_point(path, props, flip_pass=False):
     budget per image), or None for a file that names none (exported before it was recorded).
     ``flip_pass``: the one chosen for both views merged (``flip_confidence``, still photos),
     where the file names one; else the one view's."""
-    point = _operating_point(path, props)
+    point = point_metadata(path, props)
     confidence = point.get("flip_confidence") if flip_pass and "flip_confidence" in point else point.get("confidence")
     try:
         return None if confidence is None else float(confidence)
@@ -122,7 +122,7 @@ def anchor_floors(path, props):
     (``operating_point["anchor_confidence"]``, written by ``python -m train.detector.calibrate``),
     {} for a file that names none. Raises ModelError naming ``path`` for an anchor size this
     runtime does not have or a score outside 0..1."""
-    floors = _operating_point(path, props).get("anchor_confidence") or {}
+    floors = point_metadata(path, props).get("anchor_confidence") or {}
     try:
         floors = dict((int(size), float(score)) for size, score in floors.items())
     except (ValueError, TypeError, AttributeError) as exc:
@@ -143,7 +143,9 @@ def floors_text(detector):
     return ", ".join("%d px anchors >= %g" % (size, score) for size, score in sorted(floors.items()))
 
 
-def _operating_point(path, props):
+def point_metadata(path, props):
+    """A fine-tuned export's ``operating_point`` metadata as a dict ({} without one); raises
+    ModelError naming ``path`` when it is unreadable."""
     if "operating_point" not in props:
         return {}
     try:
