@@ -508,3 +508,31 @@ def test_the_evaluator_command_scores_at_the_edge_s_settings_and_takes_overrides
     assert runs["overridden"]["settings"]["close_up_pass"] is False
     assert runs["default"]["n_faces"] == sum(len(s.boxes) for s in scenes["test"][:3]) > 0
     assert 0 < runs["default"]["recall50"] <= 1
+
+
+@pytest.mark.slow
+def test_averaged_weights_are_what_is_validated_saved_and_resumed(onnx_path, kaggle, tmp_path):
+    """``--ema``: best.pt and last.pt hold the moving average of the weights, last.pt the
+    trained ones too; the average is decay x itself + (1 - decay) x the new weights; a run
+    is resumed with the flag it was trained with."""
+    from train.detector import checkpoint
+    from train.detector.__main__ import main
+    out = str(tmp_path / "run")
+    common = ["--data", kaggle, "--out", out, "--limit", "3", "--input-size", "160", "--batch-size", "3",
+              "--threads", "2", "--init", onnx_path, "--cache-dir", str(tmp_path / "cache"), "--ema", "0.5"]
+    main(common + ["--epochs", "1"])  # one step: the average starts as the weights themselves
+    first = checkpoint.read(os.path.join(out, "last.pt"))
+    main(common + ["--epochs", "2", "--resume", os.path.join(out, "last.pt")])
+    second = checkpoint.read(os.path.join(out, "last.pt"))
+    changed = [k for k, v in second["train_state"].items()
+               if v.is_floating_point() and not torch.equal(v, first["train_state"][k])]
+    assert changed  # the second step moved the trained weights
+    for key in changed:
+        expected = 0.5 * first["model_state"][key] + 0.5 * second["train_state"][key]
+        assert torch.allclose(second["model_state"][key], expected, atol=1e-6), key
+        assert not torch.equal(second["model_state"][key], second["train_state"][key])
+    best = checkpoint.read(os.path.join(out, "best.pt"))
+    averages = {0: load_from_onnx(onnx_path).state_dict(), 1: first["model_state"], 2: second["model_state"]}
+    assert all(torch.equal(best["model_state"][k], averages[best["epoch"]][k]) for k in changed)
+    with pytest.raises(SystemExit, match="trained with --ema; resume it with the same --ema"):
+        main(common[:-2] + ["--epochs", "3", "--resume", os.path.join(out, "last.pt")])

@@ -9,6 +9,10 @@ sets of the ``--select`` metric on val (``best.pt``; ``last.pt`` every epoch, ``
 last.pt`` continues), then reports ``test`` for every set given (``--data`` and the held-out
 ``--eval-data``).
 
+``--ema DECAY`` validates, selects and saves an exponential moving average of the weights
+(updated after every step; ``last.pt`` also keeps the trained weights, which ``--resume``
+continues from, with the same flag).
+
 ``--select recall_at_budget`` (the default) scores an epoch by its recall at IoU 0.5 at the
 lowest confidence whose false positives stay within ``--fp-budget`` per image: face AP ignores
 the false alarms an operator sees, and the score calibration drifts between epochs, so the
@@ -29,6 +33,7 @@ import time
 import cv2
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from train.detector import checkpoint, engine
 from train.detector.anchors import anchor_boxes
@@ -55,6 +60,9 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, select and save an exponential moving average of the weights "
+                        "(decay per step, e.g. 0.998; 0: the weights as trained)")
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--input-size", type=int, default=640, help="side of the square training crops")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
@@ -160,6 +168,10 @@ def main(argv=None):
     steps = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, engine.warmup_cosine(steps, max(1, int(args.warmup_epochs * len(loader)))))
+    # With --ema the averaged weights are the ones validated, selected and exported; last.pt
+    # also keeps the trained ones, which --resume continues from.
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    kept = ema.module if ema is not None else net
     criterion = MultiBoxLoss(min_negatives=args.min_negatives)
     anchors = anchor_boxes(args.input_size, args.input_size)
     meta = checkpoint.describe(args.init, args.box_style, eval_adjust, summary, vars(args), args.input_size,
@@ -168,18 +180,24 @@ def main(argv=None):
 
     def validate():
         """(val results, operating point) of the network now on the training sets."""
-        scores = engine.validate(net, sets, train_sources, "val", eval_adjust, settings)
+        scores = engine.validate(kept, sets, train_sources, "val", eval_adjust, settings)
         return ({s: f.result(args.fp_budget) for s, f in scores.items()},
                 engine.operating_point(scores, args.fp_budget, settings["confidence"]))
 
     def save_best(epoch, history, best, point):
-        checkpoint.save(os.path.join(args.out, "best.pt"), net, dict(meta, selection=selection, operating_point=point),
+        checkpoint.save(os.path.join(args.out, "best.pt"), kept, dict(meta, selection=selection, operating_point=point),
                         epoch=epoch, history=history, best=best)
 
     history, best, start = [], None, 1
     if args.resume:
         state = checkpoint.read(args.resume)
-        net.load_state_dict(state["model_state"])
+        net.load_state_dict(state.get("train_state", state["model_state"]))
+        if (ema is not None) != ("ema_state" in state):
+            raise SystemExit("--resume %s: that run was trained %s --ema; resume it %s" % (
+                args.resume, "with" if "ema_state" in state else "without",
+                "with the same --ema" if "ema_state" in state else "without --ema"))
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         history, start = state["history"], state["epoch"] + 1
@@ -200,7 +218,7 @@ def main(argv=None):
     for epoch in range(start, args.epochs + 1):
         started = time.time()
         dataset.epoch = epoch
-        losses = engine.train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch)
+        losses = engine.train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch, ema)
         entry = {"epoch": epoch, "loss": losses[0], "box": losses[1], "cls": losses[2],
                  "positives_per_image": losses[3], "seconds": round(time.time() - started, 1)}
         line = "epoch %d/%d loss %.4f (box %.4f cls %.4f, %.1f positives/crop) %.0f s" % (
@@ -219,8 +237,9 @@ def main(argv=None):
                 line += " (best by %s)" % args.select
         history.append(entry)
         say(line)
-        checkpoint.save(os.path.join(args.out, "last.pt"), net, meta, epoch=epoch, history=history, best=best,
-                        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict())
+        averaged = {} if ema is None else {"train_state": net.state_dict(), "ema_state": ema.state_dict()}
+        checkpoint.save(os.path.join(args.out, "last.pt"), kept, meta, epoch=epoch, history=history, best=best,
+                        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(), **averaged)
     report(args, sets, train_sources, all_sources, eval_adjust, settings, say)
     log.close()
 

@@ -49,8 +49,10 @@ def warmup_cosine(total_steps, warmup_steps, floor=0.01):
     return factor
 
 
-def train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch):
-    """One pass over ``loader``; returns mean (loss, box term, class term, positives per image)."""
+def train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch, ema=None):
+    """One pass over ``loader``; returns mean (loss, box term, class term, positives per image).
+
+    ``ema``: a ``torch.optim.swa_utils.AveragedModel`` of ``net``, updated after every step."""
     net.train()
     sums, n = np.zeros(4), 0
     with tqdm(loader, desc="epoch %d" % epoch, disable=None, leave=False) as bar:
@@ -62,6 +64,8 @@ def train_one_epoch(net, loader, anchors, criterion, optimizer, scheduler, epoch
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(net)
             pos = float((labels == 1).sum()) / len(images)
             sums += [loss.item(), box_term.item(), cls_term.item(), pos]
             n += 1
