@@ -55,7 +55,12 @@ def get_args_parser():
     p.add_argument("--eval-data", action="append", default=[], metavar="DIR",
                    help="scene set only tested on (cross-source); repeatable")
     p.add_argument("--out", default=os.path.join("runs", "det"))
-    p.add_argument("--init", default=DEFAULT_INIT, help="ONNX file whose weights start training")
+    p.add_argument("--init", default=DEFAULT_INIT,
+                   help="ONNX file whose weights start training: the WIDER FACE original, or an export "
+                        "such as the shipped models/face_detector.onnx to go on from it")
+    p.add_argument("--original", default=os.path.dirname(DEFAULT_INIT), metavar="DIR",
+                   help="folder of the original WIDER FACE detector, which measures each source's box "
+                        "framing and unannotated faces, whatever --init is")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -140,7 +145,7 @@ def main(argv=None):
         say(line)
     settings = edge_settings()
     to_common, eval_adjust, source_report = engine.prepare_sources(
-        sets, os.path.dirname(args.init), settings, args.cache_dir, args.box_style, train_sources,
+        sets, args.original, settings, args.cache_dir, args.box_style, train_sources,
         parse_ignore(args.ignore_unannotated, train_sources), threads=args.threads)
     for source, entry in source_report.items():
         summary[source].update(entry)

@@ -145,13 +145,18 @@ class WithSoftmax(nn.Module):
 def _module_path(output_name):
     """ONNX scope of a conv's output -> our module path ('/fx/stage1/stage1.0/stage1.0.0/Conv_output_0'
     -> 'fx.stage1.0.0'): the top module, then the innermost scope, which already holds the
-    path inside that module."""
+    path inside that module. Our own exports wrap the network in ``WithSoftmax``, whose
+    ``net`` scope comes first ('/net/fx/...'), so a fine-tuned detector loads like the original."""
     scopes = [s for s in output_name.split("/") if s][:-1]
+    if scopes[0] == "net" and len(scopes) > 2:
+        scopes = scopes[1:]
     return scopes[0] + "." + scopes[-1]
 
 
 def load_from_onnx(path):
-    """A ``RetinaFace`` whose weights are the ONNX file's initializers, checked to fit exactly.
+    """A ``RetinaFace`` whose weights are the ONNX file's initializers, checked to fit exactly:
+    the original WIDER FACE file or one exported by ``train.detector.export`` (the shipped
+    ``models/face_detector.onnx``, to fine-tune it further on a site's own scenes).
 
     Every conv node is mapped to our module of the same name; a node that re-runs a module
     (the traced SSH calls ``conv5X5_1`` twice, exported as ``conv5X5_1.0_1`` with
