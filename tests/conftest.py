@@ -24,6 +24,15 @@ def require_detectors():
 
 
 @pytest.fixture(scope="session")
+def wider_onnx():
+    """The provisioned WIDER FACE RetinaFace file (``make models``), which starts detector training."""
+    from edge.infer.detectors.files import default_models_dir
+    from edge.infer.detectors.retinaface import ONNX_FILE
+    require_detectors()
+    return os.path.join(default_models_dir(), ONNX_FILE)
+
+
+@pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     """The shipped classifier when it is there, else a tiny real ONNX made here."""
     if os.path.isfile(SHIPPED):

@@ -136,18 +136,26 @@ def _part_width(part, scale):
     return width + (height + 4 if colour else 0)
 
 
+def _gap(scale):
+    """Pixels between two HUD parts at ``scale``."""
+    return cv2.getTextSize("  ", FONT, scale, 1)[0][0]
+
+
 def _line_width(parts, scale):
     """Pixels ``parts`` take on one line at ``scale``, a gap between each two."""
-    gap = cv2.getTextSize("  ", FONT, scale, 1)[0][0]
-    return sum(_part_width(p, scale) for p in parts) + gap * (len(parts) - 1)
+    return sum(_part_width(p, scale) for p in parts) + _gap(scale) * (len(parts) - 1)
 
 
 def _hud_lines(parts, scale, room):
     """``parts`` in lines of at most ``room`` pixels (a part wider than that alone on its line)."""
-    lines = [[]]
+    gap = _gap(scale)
+    lines, width = [[]], 0  # width: the last line's so far, each part measured once (every frame)
     for part in parts:
-        if lines[-1] and _line_width(lines[-1] + [part], scale) > room:
+        needed = _part_width(part, scale)
+        if lines[-1] and width + gap + needed > room:
             lines.append([])
+            width = 0
+        width += needed + (gap if lines[-1] else 0)
         lines[-1].append(part)
     return lines
 

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, require_detectors
-from edge.infer.detectors.retinaface import ONNX_FILE, SHIPPED_MODEL
+from conftest import ROOT
+from edge.infer.detectors.retinaface import SHIPPED_MODEL
 from train.detector import checkpoint
 from train.detector.net import ARCH, load_from_onnx
 
@@ -14,15 +14,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import detector_soup  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def original():
-    from edge.infer.detectors.files import default_models_dir
-    require_detectors()
-    return os.path.join(default_models_dir(), ONNX_FILE)
-
-
-def test_the_soup_of_the_shipped_and_the_original_weights_is_their_mean(original, tmp_path):
-    wider = load_from_onnx(original)
+def test_the_soup_of_the_shipped_and_the_original_weights_is_their_mean(wider_onnx, tmp_path):
+    wider = load_from_onnx(wider_onnx)
     wider_pt = str(tmp_path / "wider.pt")
     checkpoint.save(wider_pt, wider, {"arch": ARCH, "origin": "wider"})
     out = str(tmp_path / "soup.pt")
@@ -36,10 +29,10 @@ def test_the_soup_of_the_shipped_and_the_original_weights_is_their_mean(original
     assert meta["origin"] == "wider" and meta["soup"] == [SHIPPED_MODEL, wider_pt]
 
 
-def test_a_soup_needs_a_checkpoint_and_a_named_entry_that_exists(original, tmp_path):
+def test_a_soup_needs_a_checkpoint_and_a_named_entry_that_exists(wider_onnx, tmp_path):
     with pytest.raises(SystemExit, match="at least one trainer checkpoint"):
-        detector_soup.main([SHIPPED_MODEL, original, "--out", str(tmp_path / "x.pt")])
+        detector_soup.main([SHIPPED_MODEL, wider_onnx, "--out", str(tmp_path / "x.pt")])
     wider_pt = str(tmp_path / "wider.pt")
-    checkpoint.save(wider_pt, load_from_onnx(original), {"arch": ARCH})
+    checkpoint.save(wider_pt, load_from_onnx(wider_onnx), {"arch": ARCH})
     with pytest.raises(SystemExit, match="has no 'ema_state'"):
         detector_soup.main([wider_pt + ":ema_state", "--out", str(tmp_path / "x.pt")])

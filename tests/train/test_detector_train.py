@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import data_path, require_detectors
-from edge.infer.detectors.retinaface import BOX_ADJUST, ONNX_FILE, SHIPPED_MODEL
+from conftest import data_path
+from edge.infer.detectors.retinaface import BOX_ADJUST, SHIPPED_MODEL
 from train.detector import boxstyle
 from train.detector.anchors import anchor_boxes, anchor_xyxy, encode, match
 from train.detector.augment import TrainAugment, preprocess
@@ -24,13 +24,6 @@ from train.detector.loss import MultiBoxLoss, build_targets
 from train.detector.net import WithSoftmax, freeze_for_finetuning, load_from_onnx
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def onnx_path():
-    from edge.infer.detectors.files import default_models_dir
-    require_detectors()
-    return os.path.join(default_models_dir(), ONNX_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +44,14 @@ def ort_outputs(path, blob):
 
 
 @pytest.mark.parametrize("which", ["original", "shipped"])
-def test_pytorch_network_reproduces_the_onnx_outputs_on_a_real_scene(which, onnx_path, scenes):
+def test_pytorch_network_reproduces_the_onnx_outputs_on_a_real_scene(which, wider_onnx, scenes):
     # The original WIDER FACE file starts training; the shipped fine-tuned export (whose
     # graph wraps the network in WithSoftmax) can start it too, for a site's own scenes.
-    if which == "shipped":
-        onnx_path = SHIPPED_MODEL
-    net = WithSoftmax(load_from_onnx(onnx_path)).eval()
+    path = SHIPPED_MODEL if which == "shipped" else wider_onnx
+    net = WithSoftmax(load_from_onnx(path)).eval()
     image = cv2.imread(scenes["val"][0].path)
     blob = preprocess(image)
-    want = ort_outputs(onnx_path, blob)
+    want = ort_outputs(path, blob)
     with torch.no_grad():
         got = [t.numpy() for t in net(torch.from_numpy(blob))]
     for name, g, w in zip(("loc", "conf", "landmarks"), got, want):
@@ -216,14 +208,14 @@ def test_empty_annotations_and_boxes_outside_the_image_are_counted_and_skipped(t
     assert summary["mini"]["near_copies_dropped_from_train"] == [["mini/ok.jpg", "mini/copy.jpg"]]
 
 
-def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
+def test_a_short_run_on_real_scenes_lowers_the_loss(wider_onnx, scenes):
     torch.manual_seed(0)
     train = [s for s in scenes["train"] if len(s.boxes)][:4]
     data = TrainScenes(train, TrainAugment(size=192, infer_size=400), {"kaggle853": boxstyle.invert(BOX_ADJUST)})
     images, boxes, ignore = collate([data[i] for i in range(len(data))])  # one fixed batch
     anchors = anchor_boxes(192, 192)
     labels, targets = build_targets(boxes, ignore, anchors)
-    net = freeze_for_finetuning(load_from_onnx(onnx_path))
+    net = freeze_for_finetuning(load_from_onnx(wider_onnx))
     criterion = MultiBoxLoss()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=3e-4)
     landmarks_before = net.landmark_head.landmark_head[0].weight.clone()
@@ -240,14 +232,14 @@ def test_a_short_run_on_real_scenes_lowers_the_loss(onnx_path, scenes):
     assert torch.equal(net.landmark_head.landmark_head[0].weight, landmarks_before)  # frozen
 
 
-def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path):
+def test_export_runs_in_the_edge_and_matches_pytorch(wider_onnx, scenes, tmp_path):
     import onnx
 
     from edge.infer.detectors.retinaface import RetinaFaceDetector, WiderRetinaFaceDetector
     from train.detector import checkpoint
     from train.detector.export import export
-    net = load_from_onnx(onnx_path)
-    meta = checkpoint.describe(onnx_path, "common", {"kaggle853": BOX_ADJUST},
+    net = load_from_onnx(wider_onnx)
+    meta = checkpoint.describe(wider_onnx, "common", {"kaggle853": BOX_ADJUST},
                                {"kaggle853": {"folder": "x", "licence": "CC0-1.0", "scenes": {}, "faces": {}}},
                                {"data": ["x/kaggle853"], "out": "/home/someone/runs/det"}, 256, ["kaggle853"])
     meta["operating_point"] = {"fp_budget": 1.0, "confidence": 0.42, "recall_at_budget": 0.9}
@@ -271,7 +263,7 @@ def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path
     # The edge's detector runs the exported file unchanged: same faces as the original.
     assert os.path.basename(path) == "face_detector.onnx"
     new = RetinaFaceDetector(None, model=path, input_size=480, confidence=0.3, min_size=8)
-    old = WiderRetinaFaceDetector(os.path.dirname(onnx_path), input_size=480, confidence=0.3, min_size=8)
+    old = WiderRetinaFaceDetector(os.path.dirname(wider_onnx), input_size=480, confidence=0.3, min_size=8)
     assert np.array_equal(new.box_adjust, old.box_adjust)  # "common" framing: the metadata asks for BOX_ADJUST
     (b_new, s_new), (b_old, s_old) = new.detect(image), old.detect(image)
     assert len(s_new) == len(s_old) >= 1
@@ -279,12 +271,12 @@ def test_export_runs_in_the_edge_and_matches_pytorch(onnx_path, scenes, tmp_path
 
 
 @pytest.mark.slow
-def test_the_command_line_trains_selects_resumes_and_describes_its_checkpoint(onnx_path, kaggle, tmp_path):
+def test_the_command_line_trains_selects_resumes_and_describes_its_checkpoint(wider_onnx, kaggle, tmp_path):
     from train.detector import checkpoint
     from train.detector.__main__ import main
     out = str(tmp_path / "run")
     common = ["--data", kaggle, "--out", out, "--limit", "3", "--input-size", "160", "--batch-size", "3",
-              "--threads", "2", "--init", onnx_path, "--cache-dir", str(tmp_path / "cache")]
+              "--threads", "2", "--init", wider_onnx, "--cache-dir", str(tmp_path / "cache")]
     main(common + ["--epochs", "1"])
     main(common + ["--epochs", "2", "--resume", os.path.join(out, "last.pt")])
     last = checkpoint.read(os.path.join(out, "last.pt"))
@@ -303,14 +295,14 @@ def test_the_command_line_trains_selects_resumes_and_describes_its_checkpoint(on
     assert "recall_at_budget" in meta["metrics"]["test"]["kaggle853"]
 
 
-def test_training_can_go_on_from_the_shipped_detector(onnx_path, kaggle, tmp_path):
+def test_training_can_go_on_from_the_shipped_detector(wider_onnx, kaggle, tmp_path):
     # A site fine-tunes the shipped masked-crowd detector on its own scenes: --init takes our
     # own export, while each source's framing is still measured by the WIDER original.
     from train.detector import checkpoint
     from train.detector.__main__ import main
     out = str(tmp_path / "run")
     main(["--data", kaggle, "--out", out, "--limit", "3", "--input-size", "160", "--batch-size", "3",
-          "--threads", "2", "--epochs", "1", "--init", SHIPPED_MODEL, "--original", os.path.dirname(onnx_path),
+          "--threads", "2", "--epochs", "1", "--init", SHIPPED_MODEL, "--original", os.path.dirname(wider_onnx),
           "--cache-dir", str(tmp_path / "cache")])
     last = checkpoint.read(os.path.join(out, "last.pt"))
     assert last["meta"]["init"]["onnx"] == "face_detector.onnx"
@@ -321,7 +313,7 @@ def test_training_can_go_on_from_the_shipped_detector(onnx_path, kaggle, tmp_pat
     # One step moves the weights by about the learning rate; the shipped file and the WIDER
     # original differ by 0.07 somewhere: training started from the shipped one.
     assert 0 < distance(load_from_onnx(SHIPPED_MODEL).state_dict()) < 0.01
-    assert distance(load_from_onnx(onnx_path).state_dict()) > 0.05
+    assert distance(load_from_onnx(wider_onnx).state_dict()) > 0.05
 
 
 def _box(i):
@@ -495,11 +487,11 @@ def test_the_flip_pass_gets_its_own_calibrated_confidence_and_the_edge_reads_it(
     assert 0.3 <= point["flip_confidence"] <= 1
 
 
-def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidates(onnx_path, kaggle, capsys):
+def test_calibration_refuses_a_file_that_is_no_detector_export_and_bad_candidates(wider_onnx, kaggle, capsys):
     from train.detector.calibrate import main
     with pytest.raises(SystemExit, match="has no face-detector metadata") as err:
-        main([onnx_path, "--data", kaggle])  # the WIDER original: no metadata to calibrate
-    assert onnx_path in str(err.value)
+        main([wider_onnx, "--data", kaggle])  # the WIDER original: no metadata to calibrate
+    assert wider_onnx in str(err.value)
     from edge.infer.detectors.retinaface import SHIPPED_MODEL
     for bad in ("0.5,high", "1.5"):
         with pytest.raises(SystemExit):
@@ -537,7 +529,7 @@ def test_the_evaluator_command_scores_at_the_edge_s_settings_and_takes_overrides
 
 
 @pytest.mark.slow
-def test_averaged_weights_are_what_is_validated_saved_and_resumed(onnx_path, kaggle, tmp_path):
+def test_averaged_weights_are_what_is_validated_saved_and_resumed(wider_onnx, kaggle, tmp_path):
     """``--ema``: best.pt and last.pt hold the moving average of the weights, last.pt the
     trained ones too; the average is decay x itself + (1 - decay) x the new weights; a run
     is resumed with the flag it was trained with."""
@@ -545,7 +537,7 @@ def test_averaged_weights_are_what_is_validated_saved_and_resumed(onnx_path, kag
     from train.detector.__main__ import main
     out = str(tmp_path / "run")
     common = ["--data", kaggle, "--out", out, "--limit", "3", "--input-size", "160", "--batch-size", "3",
-              "--threads", "2", "--init", onnx_path, "--cache-dir", str(tmp_path / "cache"), "--ema", "0.5"]
+              "--threads", "2", "--init", wider_onnx, "--cache-dir", str(tmp_path / "cache"), "--ema", "0.5"]
     main(common + ["--epochs", "1"])  # one step: the average starts as the weights themselves
     first = checkpoint.read(os.path.join(out, "last.pt"))
     main(common + ["--epochs", "2", "--resume", os.path.join(out, "last.pt")])
@@ -558,7 +550,7 @@ def test_averaged_weights_are_what_is_validated_saved_and_resumed(onnx_path, kag
         assert torch.allclose(second["model_state"][key], expected, atol=1e-6), key
         assert not torch.equal(second["model_state"][key], second["train_state"][key])
     best = checkpoint.read(os.path.join(out, "best.pt"))
-    averages = {0: load_from_onnx(onnx_path).state_dict(), 1: first["model_state"], 2: second["model_state"]}
+    averages = {0: load_from_onnx(wider_onnx).state_dict(), 1: first["model_state"], 2: second["model_state"]}
     assert all(torch.equal(best["model_state"][k], averages[best["epoch"]][k]) for k in changed)
     with pytest.raises(SystemExit, match="trained with --ema; resume it with the same --ema"):
         main(common[:-2] + ["--epochs", "3", "--resume", os.path.join(out, "last.pt")])
